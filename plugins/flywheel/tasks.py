@@ -1,0 +1,248 @@
+"""What each Airflow task does, one function per task, called from dags/flywheel.py.
+
+These take and return small JSON-able dicts (XCom carries specs and counts, never datasets) and
+get their database connection from the ``flywheel_db`` Airflow connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from typing import Any
+
+from flywheel import artifacts, store
+from flywheel.config import FlywheelConfig, load_config
+
+log = logging.getLogger(__name__)
+
+FLYWHEEL_CONN_ID = os.environ.get("FLYWHEEL_DB_CONN_ID", "flywheel_db")
+
+
+def get_conn():
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    return PostgresHook(postgres_conn_id=FLYWHEEL_CONN_ID).get_conn()
+
+
+@lru_cache(maxsize=1)
+def embedder():
+    from flywheel.embeddings import LocalMiniLM
+
+    return LocalMiniLM()
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def register_run(
+    *, dag_id: str, run_id: str, interval_start: datetime | None, interval_end: datetime | None,
+    params: dict[str, Any], cfg: FlywheelConfig | None = None,
+) -> dict[str, Any]:
+    """Ensure the schema, record the run and resolve its plan (window, thresholds, choices)."""
+    cfg = cfg or load_config()
+    profile = cfg.dags[dag_id]
+    if interval_start is None or interval_end is None or interval_start == interval_end:
+        # A manual run has no data interval: look back over the configured number of days.
+        interval_end = _aware(interval_end or datetime.now(timezone.utc))
+        interval_start = interval_end - timedelta(days=int(params.get("lookback_days") or cfg.on_demand_lookback_days))
+    candidates = list(params.get("candidates") or profile.candidates)
+    strategies = list(params.get("strategies") or profile.strategies)
+    unknown = [c for c in candidates if c not in cfg.candidates]
+    if unknown:
+        raise ValueError(f"unknown candidates {unknown}; configured: {sorted(cfg.candidates)}")
+    plan = {
+        "run_key": f"{dag_id}/{run_id}",
+        "dag_id": dag_id,
+        "interval_start": _aware(interval_start).isoformat(),
+        "interval_end": _aware(interval_end).isoformat(),
+        "workloads": list(params.get("workloads") or []),
+        "candidates": candidates,
+        "strategies": strategies,
+        "eval_size": int(params.get("eval_size") or profile.eval_size),
+        "threshold": float(params["threshold"]) if params.get("threshold") is not None else cfg.threshold,
+        "min_records": int(params.get("min_records") or cfg.min_records),
+        "training_profile": params.get("training_profile") or os.environ.get("FLYWHEEL_TRAINING_PROFILE") or None,
+    }
+    conn = get_conn()
+    try:
+        applied = store.migrate(conn)
+        if applied:
+            log.info("Applied migrations %s", applied)
+        store.execute(conn, "upsert_run", {
+            "run_key": plan["run_key"], "dag_id": dag_id, "airflow_run_id": run_id,
+            "interval_start": plan["interval_start"], "interval_end": plan["interval_end"], "params": plan,
+        })
+    finally:
+        conn.close()
+    return plan
+
+
+def discover_workloads(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    from flywheel.discovery import decide_workloads
+    from flywheel.sources import PostgresLogSource
+
+    conn = get_conn()
+    try:
+        counts = PostgresLogSource(conn).count_by_workload(plan["interval_start"], plan["interval_end"])
+        decisions = decide_workloads(counts, min_records=plan["min_records"], requested=plan["workloads"])
+        store.execute_many(conn, "upsert_workload", ({"run_key": plan["run_key"], **d.to_dict()} for d in decisions))
+    finally:
+        conn.close()
+    for d in decisions:
+        if d.selected:
+            log.info("workload %s: %d records in the window, selected", d.workload_id, d.n_records)
+        else:
+            log.warning("workload %s skipped: %s", d.workload_id, d.reason)
+    return [{"run_key": plan["run_key"], "workload_id": d.workload_id, "n_records": d.n_records}
+            for d in decisions if d.selected]
+
+
+def curate_workload(plan: dict[str, Any], target: dict[str, Any], cfg: FlywheelConfig | None = None) -> dict[str, Any]:
+    """Pull, redact, validate, dedup and split one workload; store counts, quarantine and dataset."""
+    from flywheel.curation import curate
+    from flywheel.records import parse_line
+    from flywheel.sources import PostgresLogSource
+
+    cfg = cfg or load_config()
+    run_key, workload_id = plan["run_key"], target["workload_id"]
+    conn = get_conn()
+    try:
+        source = PostgresLogSource(conn)
+        parsed = (
+            parse_line(ref, raw, max_bytes=cfg.max_record_bytes)
+            for ref, raw in source.fetch(workload_id, plan["interval_start"], plan["interval_end"])
+        )
+        result = curate(parsed, eval_size=plan["eval_size"], val_ratio=cfg.val_ratio, seed=cfg.seed,
+                        min_train=cfg.min_train)
+        rows = result.to_rows()
+        uri = artifacts.put_jsonl("datasets", rows) if result.usable else None
+        store.execute_many(conn, "insert_quarantine", (
+            {"run_key": run_key, "stage": "curate", "source_ref": q.source_id, "workload_id": workload_id,
+             "reason": q.reason, "field": q.field, "detail": q.detail}
+            for q in result.quarantine
+        ))
+        dataset = {
+            "run_key": run_key, "workload_id": workload_id, "kind": result.kind,
+            "n_in": result.n_in, "n_accepted": result.n_accepted, "n_quarantined": result.n_quarantined,
+            "n_duplicates": result.n_duplicates, "n_eval": result.n_eval, "n_train": result.n_train,
+            "n_val": result.n_val, "usable": result.usable, "reason": result.reason,
+            "pii": dict(result.pii), "dataset_hash": result.dataset_hash, "uri": uri,
+        }
+        store.execute(conn, "upsert_dataset", dataset)
+    finally:
+        conn.close()
+    log.info("curated %s: in=%d accepted=%d quarantined=%d duplicates=%d -> eval=%d train=%d val=%d; pii=%s",
+             workload_id, result.n_in, result.n_accepted, result.n_quarantined, result.n_duplicates,
+             result.n_eval, result.n_train, result.n_val, dict(result.pii))
+    if not result.usable:
+        log.warning("workload %s has no usable dataset: %s", workload_id, result.reason)
+    return dataset
+
+
+def prepare_experiment(spec_dict: dict[str, Any], cfg: FlywheelConfig | None = None) -> dict[str, Any]:
+    from flywheel.experiments import ExperimentSpec, build_job
+
+    cfg = cfg or load_config()
+    spec = ExperimentSpec.from_dict(spec_dict)
+    candidate = cfg.candidates[spec.candidate]
+    conn = get_conn()
+    try:
+        store.execute(conn, "upsert_experiment", {**spec.key, "status": "planned",
+                                                  "backend": gpu_backend(), "gpus": candidate.gpus})
+        return build_job(spec, cfg)
+    except Exception as exc:
+        store.execute(conn, "finish_experiment", {**spec.key, "status": "failed", "gpu_seconds": None,
+                                                  "output_uri": None, "metrics": {}, "error": f"prepare: {exc}"})
+        raise
+    finally:
+        conn.close()
+
+
+def gpu_backend() -> str:
+    return os.environ.get("FLYWHEEL_GPU_BACKEND", "local")
+
+
+def record_job_failure(job: dict[str, Any], error: str) -> None:
+    """The GPU job failed (any backend): mark only this experiment failed, with the error."""
+    experiment = job["experiment"]
+    conn = get_conn()
+    try:
+        store.execute(conn, "finish_experiment", {
+            **{k: experiment[k] for k in ("run_key", "workload_id", "candidate", "strategy")},
+            "status": "failed", "gpu_seconds": None, "output_uri": _output_uri(job), "metrics": {},
+            "error": error[:2000],
+        })
+    finally:
+        conn.close()
+
+
+def _output_uri(job: dict[str, Any]) -> str:
+    return job["outputs"]["predictions"].rsplit("/", 1)[0]
+
+
+def evaluate_experiment(job: dict[str, Any], cfg: FlywheelConfig | None = None) -> dict[str, Any]:
+    """Score the job's predictions; the experiment succeeds only once it is scored."""
+    import json
+    from pathlib import Path
+
+    from flywheel.evaluation import evaluate_job_output
+    from flywheel.experiments import ExperimentSpec
+
+    cfg = cfg or load_config()
+    spec = ExperimentSpec.from_dict(job["experiment"])
+    metrics = json.loads((Path(job["spec"]["output_dir"]) / "metrics.json").read_text())
+    seconds = float(metrics.get("train_seconds") or 0) + float(metrics.get("generate_seconds") or 0)
+    items, result = evaluate_job_output(spec, job, cfg, embedder())
+    conn = get_conn()
+    try:
+        store.execute_many(conn, "upsert_evaluation", items)
+        store.execute(conn, "upsert_experiment_score", {**spec.key, **result.to_dict()})
+        store.execute(conn, "finish_experiment", {
+            **spec.key, "status": "succeeded", "gpu_seconds": round(seconds * int(job.get("gpus") or 1), 3),
+            "output_uri": _output_uri(job), "metrics": metrics, "error": None,
+        })
+    finally:
+        conn.close()
+    log.info("%s: %s = %s (n=%d, 95%% CI %s-%s), %.5f $/1k requests", spec.label, result.method,
+             result.score, result.n, result.ci_low, result.ci_high, result.cost_per_1k)
+    return {**spec.key, **result.to_dict()}
+
+
+def leaderboard_rows(run_key: str) -> list[dict[str, Any]]:
+    conn = get_conn()
+    try:
+        return store.fetch_all(conn, "leaderboard", {"run_key": run_key})
+    finally:
+        conn.close()
+
+
+def publish_leaderboard(plan: dict[str, Any], cfg: FlywheelConfig | None = None) -> list[dict[str, Any]]:
+    """Log the leaderboard and return the review requests for the winners."""
+    from flywheel.report import pick_winners, render_leaderboard, review_request
+
+    cfg = cfg or load_config()
+    rows = leaderboard_rows(plan["run_key"])
+    log.info("\n%s", render_leaderboard(rows, cfg, run_key=plan["run_key"]))
+    winners = pick_winners(rows, cfg, plan["threshold"])
+    if not winners:
+        log.info("No candidate reached the threshold %.2f: nothing to review.", plan["threshold"])
+    return [{"winner": w, **review_request(w, plan["run_key"], cfg)} for w in winners]
+
+
+def deploy_decision(plan: dict[str, Any], request: dict[str, Any], decision: dict[str, Any],
+                    cfg: FlywheelConfig | None = None) -> dict[str, Any]:
+    from flywheel.deploy import record_decision
+
+    cfg = cfg or load_config()
+    winner = request["winner"]
+    conn = get_conn()
+    try:
+        outcome = record_decision(conn, run_key=plan["run_key"], winner=winner, decision=decision,
+                                  model_path=cfg.candidates[winner["candidate"]].model_path)
+    finally:
+        conn.close()
+    log.info("review of %s · %s · %s: %s", winner["workload_id"], winner["candidate"], winner["strategy"], outcome)
+    return outcome

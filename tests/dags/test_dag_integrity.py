@@ -1,0 +1,91 @@
+"""DAG integrity: the factory's DAGs import cleanly and have the shape the design promises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+from flywheel.config import load_config
+from flywheel_operators import GPU_POOL
+
+DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
+DAG_IDS = {"flywheel_daily", "flywheel_weekly", "flywheel_on_demand"}
+
+
+@pytest.fixture(scope="module")
+def dagbag() -> DagBag:
+    return DagBag(str(DAGS_DIR))
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+
+
+def test_the_three_dags(dagbag):
+    assert set(dagbag.dag_ids) == DAG_IDS
+    cfg = load_config()
+    for dag_id in DAG_IDS:
+        dag = dagbag.dags[dag_id]
+        assert dag.max_active_runs > 1, "runs must be able to proceed at once"
+        assert not dag.catchup
+        assert "flywheel" in dag.tags
+        assert dag.schedule == cfg.dags[dag_id].schedule
+
+
+def test_on_demand_params_form(dagbag):
+    params = dagbag.dags["flywheel_on_demand"].params
+    for name in ("workloads", "candidates", "strategies", "eval_size", "threshold"):
+        assert name in params
+    assert params["eval_size"] == load_config().dags["flywheel_on_demand"].eval_size
+    schema = params.get_param("candidates").schema
+    assert set(schema["items"]["enum"]) == set(load_config().candidates)
+
+
+def _is_mapped(task) -> bool:
+    """Mapped itself, or inside a mapped task group (expanded once per group instance)."""
+    return isinstance(task, MappedOperator) or task.get_closest_mapped_task_group() is not None
+
+
+def _task(dag, suffix):
+    matches = [t for t in dag.tasks if t.task_id.endswith(suffix)]
+    assert matches, f"{dag.dag_id} has no task ending in {suffix}"
+    return matches
+
+
+@pytest.mark.parametrize("dag_id", sorted(DAG_IDS))
+def test_task_shape(dagbag, dag_id):
+    dag = dagbag.dags[dag_id]
+    cfg = load_config()
+    ids = set(dag.task_ids)
+    for step in ("register_run", "discover_workloads", "curate_workload", "publish_leaderboard", "review",
+                 "deploy_decision"):
+        assert step in ids
+    # Dynamic task mapping over workloads and over workload x candidate x strategy.
+    for mapped in ("curate_workload", "review", "deploy_decision"):
+        assert isinstance(dag.get_task(mapped), MappedOperator), mapped
+    gpu_tasks = _task(dag, ".experiment.gpu_job")
+    expected_candidates = set(cfg.candidates) if cfg.dags[dag_id].schedule is None else set(cfg.dags[dag_id].candidates)
+    assert len(gpu_tasks) == len(expected_candidates)
+    for t in gpu_tasks:
+        assert _is_mapped(t)
+        assert t.pool == GPU_POOL
+        candidate = next(c for c in cfg.candidates.values() if t.task_id == f"candidate_{c.name.replace('-', '_').replace('.', '_')}.experiment.gpu_job")
+        assert t.pool_slots == candidate.gpus
+        assert t.map_index_template
+    for t in _task(dag, ".experiment.prepare_experiment") + _task(dag, ".experiment.evaluate_experiment"):
+        assert _is_mapped(t) and t.map_index_template
+    # The order of the six steps.
+    assert "discover_workloads" in dag.get_task("curate_workload").upstream_task_ids
+    assert "review" in dag.get_task("deploy_decision").upstream_task_ids
+    assert "publish_leaderboard" in dag.get_task("review").upstream_task_ids
+    for t in _task(dag, ".experiment.evaluate_experiment"):
+        assert any(u.endswith(".experiment.gpu_job") for u in t.upstream_task_ids)
+
+
+def test_no_cycles(dagbag):
+    for dag in dagbag.dags.values():
+        # topological_sort raises on a cycle
+        assert len(dag.topological_sort()) == len(dag.tasks)
