@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: demo test install constraints models stop status approve reject leaderboard clean
+.PHONY: demo test install constraints models bench stop status approve reject leaderboard clean
 
 demo: install ## set up everything, run the flywheel on demo logs, print the leaderboard
 	$(PY) -m flywheel.cli demo
@@ -51,6 +51,9 @@ approve: ## approve every pending review
 
 reject: ## reject every pending review
 	$(PY) -m flywheel.cli reviews reject --all
+
+bench: install ## benchmarks (ratios measured side by side in one run)
+	$(PY) bench/bench_scoring.py
 
 leaderboard:
 	$(PY) -m flywheel.cli leaderboard

@@ -1,10 +1,14 @@
 """Test-wide settings: Airflow must never touch a real AIRFLOW_HOME or the network from tests."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # Set before anything imports airflow (its configuration is read at import time).
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="flywheel-test-airflow-"))
+if "AIRFLOW_HOME" not in os.environ:
+    os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="flywheel-test-airflow-")
+    atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], True)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

