@@ -87,8 +87,11 @@ WHERE e.run_key = %(run_key)s
 ORDER BY e.workload_id, s.score DESC NULLS LAST, e.candidate, e.strategy;
 
 -- name: latest_run_key
-SELECT run_key FROM runs WHERE (%(dag_id)s::text IS NULL OR dag_id = %(dag_id)s)
+SELECT run_key, params FROM runs WHERE (%(dag_id)s::text IS NULL OR dag_id = %(dag_id)s)
 ORDER BY created_at DESC LIMIT 1;
+
+-- name: run_params
+SELECT params FROM runs WHERE run_key = %(run_key)s;
 
 -- name: upsert_review
 INSERT INTO reviews (run_key, workload_id, candidate, strategy, decision, reviewer, comment, decided_at)

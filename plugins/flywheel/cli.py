@@ -178,9 +178,12 @@ def print_leaderboard(socket_dir: Path, run_key: str | None = None) -> str | Non
                 return None
             run_key = rows[0]["run_key"]
         rows = store.fetch_all(conn, "leaderboard", {"run_key": run_key})
+        params = store.fetch_all(conn, "run_params", {"run_key": run_key})
     finally:
         conn.close()
-    print(render_leaderboard(rows, load_config(), run_key=run_key), flush=True)
+    cfg = load_config()
+    threshold = params[0]["params"].get("threshold", cfg.threshold) if params else cfg.threshold
+    print(render_leaderboard(rows, cfg, run_key=run_key, threshold=threshold), flush=True)
     return run_key
 
 

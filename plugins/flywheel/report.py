@@ -17,7 +17,7 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def render_leaderboard(rows: list[dict[str, Any]], cfg: FlywheelConfig, *, run_key: str) -> str:
+def render_leaderboard(rows: list[dict[str, Any]], cfg: FlywheelConfig, *, run_key: str, threshold: float) -> str:
     header = ("workload", "candidate", "strategy", "score", "95% CI", "scorer", "eval n", "train n",
               "$/1k req", "vs prod", "status")
     table = [header]
@@ -35,7 +35,7 @@ def render_leaderboard(rows: list[dict[str, Any]], cfg: FlywheelConfig, *, run_k
             _fmt(r.get("cost_per_1k"), ".5f"), saving, r["status"],
         ))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-    lines = [f"Leaderboard for {run_key} (threshold {cfg.threshold:.2f}; production: {cfg.production_model})"]
+    lines = [f"Leaderboard for {run_key} (review threshold {threshold:.2f}; production: {cfg.production_model})"]
     for i, row in enumerate(table):
         lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
         if i == 0:
@@ -64,7 +64,7 @@ def pick_winners(rows: list[dict[str, Any]], cfg: FlywheelConfig, threshold: flo
     ]
 
 
-def review_request(winner: dict[str, Any], run_key: str, cfg: FlywheelConfig) -> dict[str, str]:
+def review_request(winner: dict[str, Any], run_key: str, cfg: FlywheelConfig, threshold: float) -> dict[str, str]:
     """Subject and Markdown body of the HITL approval for one winner: the evidence for the decision."""
     w = winner
     subject = f"Deploy {w['candidate']} ({w['strategy']}) for {w['workload_id']}?"
@@ -72,7 +72,7 @@ def review_request(winner: dict[str, Any], run_key: str, cfg: FlywheelConfig) ->
         f"**{w['candidate']} · {w['strategy']}** scored **{w['score']:.3f}** "
         f"(95% CI {w['ci_low']:.3f}–{w['ci_high']:.3f}, n={w['n']}, scorer `{w['method']}`) against "
         f"the production model `{cfg.production_model}` on workload `{w['workload_id']}`; "
-        f"threshold {cfg.threshold:.2f}.\n\n"
+        f"threshold {threshold:.2f}.\n\n"
         f"Estimated cost: ${w['cost_per_1k']:.5f} per 1,000 requests.\n\n"
         f"Run `{run_key}`. Approve to record a new deployment version (nothing is overwritten; every "
         f"version can be rolled back). {SCORER_NOTE}."

@@ -64,7 +64,9 @@ def routing_fields(line: str) -> tuple[str | None, datetime | None, tuple[str, s
     if not isinstance(obj, dict):
         return None, None, ("not_an_object", "", "a log record must be a JSON object")
     workload_id, ts = obj.get("workload_id"), obj.get("timestamp")
-    if not isinstance(workload_id, str) or not valid_workload_id(workload_id):
+    if workload_id is None:
+        return None, None, ("missing_field", "workload_id", "'workload_id' is required; tag every call in the logging client")
+    if not valid_workload_id(workload_id):
         return None, None, ("invalid_workload_id", "workload_id",
                             "workload_id must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$; fix the logging client's tag")
     parsed = parse_timestamp(ts)

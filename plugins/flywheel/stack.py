@@ -185,8 +185,8 @@ def airflow_env(paths: StackPaths, socket_dir: Path) -> dict[str, str]:
         # The flywheel's own database, as an Airflow connection (socket dir URL-encoded in the host).
         "AIRFLOW_CONN_FLYWHEEL_DB": f"postgresql://postgres@{socket_q}/flywheel",
         "FLYWHEEL_HOME": str(paths.home),
-        "FLYWHEEL_MODELS_DIR": str(paths.models),
-        "FLYWHEEL_ARTIFACTS": f"file://{paths.artifacts}",
+        "FLYWHEEL_MODELS_DIR": os.environ.get("FLYWHEEL_MODELS_DIR", str(paths.models)),
+        "FLYWHEEL_ARTIFACTS": os.environ.get("FLYWHEEL_ARTIFACTS", f"file://{paths.artifacts}"),
         "FLYWHEEL_GPU_BACKEND": os.environ.get("FLYWHEEL_GPU_BACKEND", "local"),
         "FLYWHEEL_TRAINING_PROFILE": os.environ.get("FLYWHEEL_TRAINING_PROFILE", "cpu-demo"),
         "HF_HUB_OFFLINE": "1",

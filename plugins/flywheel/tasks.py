@@ -225,11 +225,11 @@ def publish_leaderboard(plan: dict[str, Any], cfg: FlywheelConfig | None = None)
 
     cfg = cfg or load_config()
     rows = leaderboard_rows(plan["run_key"])
-    log.info("\n%s", render_leaderboard(rows, cfg, run_key=plan["run_key"]))
+    log.info("\n%s", render_leaderboard(rows, cfg, run_key=plan["run_key"], threshold=plan["threshold"]))
     winners = pick_winners(rows, cfg, plan["threshold"])
     if not winners:
         log.info("No candidate reached the threshold %.2f: nothing to review.", plan["threshold"])
-    return [{"winner": w, **review_request(w, plan["run_key"], cfg)} for w in winners]
+    return [{"winner": w, **review_request(w, plan["run_key"], cfg, plan["threshold"])} for w in winners]
 
 
 def deploy_decision(plan: dict[str, Any], request: dict[str, Any], decision: dict[str, Any],
