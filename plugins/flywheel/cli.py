@@ -24,6 +24,10 @@ from flywheel.config import load_config
 
 DEMO_SEED = 7
 DEMO_DAG = "flywheel_on_demand"
+# The 1.6M-parameter CPU student learns *which* tool to call but cannot copy order numbers, so it
+# cannot reach the production threshold (0.80). The demo run asks for a lower one through the
+# on-demand form, and says so, so that the review step has something to show.
+DEMO_THRESHOLD = 0.4
 
 
 def say(msg: str) -> None:
@@ -202,8 +206,9 @@ def cmd_demo(args) -> int:
     with Step(f"Triggering {DEMO_DAG}"):
         api.wait_for_dag(DEMO_DAG)
         api.unpause(DEMO_DAG)
-        run = api.trigger(DEMO_DAG, conf={})
-        say(f"run {run['dag_run_id']}")
+        run = api.trigger(DEMO_DAG, conf={"threshold": DEMO_THRESHOLD})
+        say(f"run {run['dag_run_id']} (review threshold {DEMO_THRESHOLD} for the toy student; "
+            f"production default {load_config().threshold})")
     with Step("Flywheel run (discover -> curate -> experiments -> evaluate -> leaderboard -> review)"):
         state = follow_run(api, DEMO_DAG, run["dag_run_id"], timeout=args.timeout)
     print()

@@ -22,7 +22,7 @@ CLIENTS = ("web-checkout", "mobile-ios", "mobile-android", "support-portal", "pa
 
 # ---------------------------------------------------------------- tool_router (tool calling)
 
-ROUTER_SYSTEM = "You route ShopCo customer messages. Call exactly one tool with the values the customer gave."
+ROUTER_SYSTEM = "Route the customer message: call one tool."
 
 
 def _tool(name: str, description: str, **params: str) -> dict:

@@ -83,12 +83,12 @@ def _file_ref(uri: str) -> str:
         return uri
 
 
-def build_eval_prompts(spec: ExperimentSpec, rows: list[dict[str, Any]], cfg: FlywheelConfig, candidate: Candidate) -> list[str]:
+def build_eval_prompts(spec: ExperimentSpec, rows: list[dict[str, Any]], cfg: FlywheelConfig, candidate: Candidate,
+                       embedder) -> list[str]:
     eval_rows = _split(rows, "eval")
     prompts = [r["prompt"] for r in eval_rows]
     if spec.strategy != "icl":
         return prompts
-    from flywheel.embeddings import LocalMiniLM
     from flywheel.icl import select_for_eval, token_counter
 
     pool = _split(rows, "train")
@@ -96,21 +96,24 @@ def build_eval_prompts(spec: ExperimentSpec, rows: list[dict[str, Any]], cfg: Fl
         prompts,
         [r["prompt"] for r in pool],
         [r["completion"] for r in pool],
-        LocalMiniLM(),
+        embedder,
         token_counter(candidate.model_path),
         cfg.icl_budget_tokens,
         cfg.icl_max_examples,
     )
 
 
-def build_job(spec: ExperimentSpec, cfg: FlywheelConfig) -> dict[str, Any]:
-    """The GpuJob (as a dict) that runs one experiment; inputs are content-addressed artifacts."""
+def build_job(spec: ExperimentSpec, cfg: FlywheelConfig, embedder=None) -> dict[str, Any]:
+    """The GpuJob (as a dict) that runs one experiment; inputs are content-addressed artifacts.
+
+    ``embedder`` picks the in-context examples (only the ``icl`` strategy needs it).
+    """
     from flywheel_operators.gpu_job import GpuJob
 
     candidate = cfg.candidates[spec.candidate]
     rows = artifacts.read_jsonl(spec.dataset_uri)
     eval_rows = _split(rows, "eval")
-    prompts = build_eval_prompts(spec, rows, cfg, candidate)
+    prompts = build_eval_prompts(spec, rows, cfg, candidate, embedder)
     inputs = {
         "eval": artifacts.put_jsonl(
             "trainer-inputs", [{"id": r["id"], "prompt": p} for r, p in zip(eval_rows, prompts)]

@@ -28,8 +28,13 @@ def get_conn():
 
 @lru_cache(maxsize=1)
 def embedder():
+    import torch
+
     from flywheel.embeddings import LocalMiniLM
 
+    # One thread: scoring runs beside the GPU-pool job, and on a small CPU box two thread pools
+    # spinning on the same cores slow both down several times over.
+    torch.set_num_threads(1)
     return LocalMiniLM()
 
 
@@ -152,7 +157,7 @@ def prepare_experiment(spec_dict: dict[str, Any], cfg: FlywheelConfig | None = N
     try:
         store.execute(conn, "upsert_experiment", {**spec.key, "status": "planned",
                                                   "backend": gpu_backend(), "gpus": candidate.gpus})
-        return build_job(spec, cfg)
+        return build_job(spec, cfg, embedder() if spec.strategy == "icl" else None)
     except Exception as exc:
         store.execute(conn, "finish_experiment", {**spec.key, "status": "failed", "gpu_seconds": None,
                                                   "output_uri": None, "metrics": {}, "error": f"prepare: {exc}"})
