@@ -136,6 +136,10 @@ def api_client(paths: stack.StackPaths):
     return AirflowAPI(stack.api_url(), stack.ADMIN_USER, secrets["admin_password"])
 
 
+FINAL_STATES = ("success", "failed", "skipped", "upstream_failed", "removed")
+REVIEW_DOWNSTREAM = ("deploy_decision",)
+
+
 def follow_run(api, dag_id: str, run_id: str, *, timeout: float = 3600, interval: float = 5.0) -> str:
     """Print task progress until the run ends or only human reviews are left; returns the state."""
     seen: set[tuple[str, int]] = set()
@@ -146,7 +150,7 @@ def follow_run(api, dag_id: str, run_id: str, *, timeout: float = 3600, interval
         tis = api.task_instances(dag_id, run_id)
         for ti in tis:
             key = (ti["task_id"], ti["map_index"])
-            if ti["state"] in ("success", "failed", "skipped", "upstream_failed") and key not in seen:
+            if ti["state"] in FINAL_STATES and key not in seen:
                 seen.add(key)
                 label = ti.get("rendered_map_index") or (str(ti["map_index"]) if ti["map_index"] >= 0 else "")
                 print(f"    {time.monotonic() - started:6.0f}s  {ti['state']:<15} {ti['task_id']}"
@@ -161,8 +165,9 @@ def follow_run(api, dag_id: str, run_id: str, *, timeout: float = 3600, interval
         if run["state"] in ("success", "failed"):
             return run["state"]
         waiting = [ti for ti in tis if ti["state"] == "awaiting_input"]
-        busy = [ti for ti in tis if ti["state"] not in ("success", "failed", "skipped", "upstream_failed",
-                                                         "awaiting_input", "removed")]
+        # Reviews start only after every experiment ended; what is left then waits on the humans.
+        busy = [ti for ti in tis if ti["state"] not in FINAL_STATES + ("awaiting_input",)
+                and ti["task_id"] not in REVIEW_DOWNSTREAM]
         if waiting and not busy:
             return "awaiting_review"
         if time.monotonic() - started > timeout:
