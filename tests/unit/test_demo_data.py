@@ -1,44 +1,128 @@
-from collections import Counter
-from datetime import datetime, timezone
+"""The demo log generator and the generic pre-training corpus."""
 
-from flywheel.demo_data import generate_logs, generic_corpus
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from flywheel.demo_data import MALFORMED_KINDS, ROUTER_TOOLS, generate_logs, generic_corpus, write_jsonl
 from flywheel.pii import redact_text
+from flywheel.prompts import ROLE_MARKERS
 from flywheel.records import LogRecord, parse_line
 
 END = datetime(2026, 11, 20, tzinfo=timezone.utc)
+MAIN_WORKLOADS = ("tool_router", "support_qa", "invoice_extraction")
 
 
-def test_deterministic_for_a_seed():
-    assert generate_logs(end=END, seed=3) == generate_logs(end=END, seed=3)
-    assert generate_logs(end=END, seed=3) != generate_logs(end=END, seed=4)
+@pytest.fixture(scope="module")
+def lines() -> list[str]:
+    return generate_logs(end=END)
 
 
-def test_default_demo_shape():
-    lines = generate_logs(end=END)
-    assert len(lines) >= 2000
-    parsed = [parse_line(str(i), l) for i, l in enumerate(lines)]
-    per_day: Counter = Counter()
-    for p in parsed:
-        if isinstance(p, LogRecord):
-            per_day[(p.workload_id, p.timestamp.date())] += 1
-    days = {d for _, d in per_day}
-    assert len(days) == 7
-    for workload in ("tool_router", "support_qa", "invoice_extraction"):
+@pytest.fixture(scope="module")
+def parsed(lines) -> list[LogRecord | object]:
+    return [parse_line(f"demo:{i}", line) for i, line in enumerate(lines, start=1)]
+
+
+@pytest.fixture(scope="module")
+def records(parsed) -> list[LogRecord]:
+    return [p for p in parsed if isinstance(p, LogRecord)]
+
+
+def _user_text(record: LogRecord) -> str:
+    return next(m["content"] for m in record.request["messages"] if m["role"] == "user")
+
+
+def test_deterministic_for_a_seed(lines):
+    assert generate_logs(end=END) == lines
+    assert generate_logs(end=END, seed=8) != lines
+
+
+def test_default_size_and_workloads_per_day(lines, records):
+    assert len(lines) == 2400
+    per_day = Counter((r.workload_id, r.timestamp.date()) for r in records)
+    days = sorted({d for _, d in per_day})
+    assert days == [(END - timedelta(days=n)).date() for n in range(7, 0, -1)]
+    for workload in MAIN_WORKLOADS:
         assert min(per_day[(workload, d)] for d in days) >= 50, workload
-    assert sum(per_day[("sql_helper", d)] for d in days) < 50  # below the minimum even over a week
-    assert len(lines) - len(set(lines)) >= 0.02 * len(lines)  # exact duplicates
-    rejected = [p for p in parsed if not isinstance(p, LogRecord)]
-    assert len({r.reason for r in rejected}) >= 5
-    pii = sum(1 for l in lines if redact_text(l)[1])
-    assert pii >= 0.05 * len(lines)
-    times = [p.timestamp for p in parsed if isinstance(p, LogRecord)]
-    assert times == sorted(times) and times[0] >= END.replace(day=13) and times[-1] < END
+    # sql_helper stays under the 50-record minimum even over the whole week (the on-demand window).
+    assert 0 < sum(per_day[("sql_helper", d)] for d in days) < 50
+    assert len({r.client_id for r in records}) >= 5
 
 
-def test_generic_corpus_never_contains_production_tools():
+def test_sorted_by_time_inside_the_window(records):
+    times = [r.timestamp for r in records]
+    assert times == sorted(times)
+    assert END - timedelta(days=7) <= times[0] and times[-1] < END
+
+
+def test_exact_duplicates(lines):
+    assert len(lines) - len(set(lines)) == int(2400 * 0.03)
+
+
+def test_malformed_lines_of_every_kind(parsed):
+    rejections = Counter((p.reason, p.field) for p in parsed if not isinstance(p, LogRecord))
+    per_kind = int(2400 * 0.02) // len(MALFORMED_KINDS)
+    assert rejections == Counter({expected: per_kind for expected in MALFORMED_KINDS.values()})
+
+
+def test_pii_in_about_a_tenth_of_user_texts(records):
+    found = Counter()
+    with_pii = 0
+    for record in records:
+        _, counts = redact_text(_user_text(record))
+        found.update(counts)
+        with_pii += bool(counts)
+    assert 0.07 * len(records) <= with_pii <= 0.13 * len(records)
+    assert found["email"] > 50 and found["phone"] > 50 and found["card"] > 0
+
+
+def test_answers_copy_values_verbatim_from_the_user_text(records):
+    """What the model must output is in the input as written: order ids, amounts, addresses, totals."""
+    for record in records:
+        text = _user_text(record)
+        if record.workload_id == "tool_router":
+            args = json.loads(record.assistant_message["tool_calls"][0]["function"]["arguments"])
+            values = [json.dumps(v) if isinstance(v, (int, float)) else v for v in args.values()]
+        elif record.workload_id == "invoice_extraction":
+            answer = json.loads(record.assistant_message["content"])
+            values = [json.dumps(v) if isinstance(v, float) else v for v in answer.values()]
+        else:
+            continue
+        assert all(v in text for v in values), (text, values)
+
+
+def test_tool_router_requests_and_compact_texts(records):
+    router = [r for r in records if r.workload_id == "tool_router"]
+    assert all(r.request["tools"] == ROUTER_TOOLS for r in router)
+    assert all(r.request["messages"][0]["role"] == "system" for r in router)
+    labels = Counter(r.assistant_message["tool_calls"][0]["function"]["name"] for r in router)
+    assert len(labels) == 5 and min(labels.values()) >= 50
+    words = [len(_user_text(r).split()) for r in records if r.workload_id in MAIN_WORKLOADS]
+    assert max(words) <= 40 and 10 <= sum(words) / len(words) <= 25
+    assert len({_user_text(r) for r in router}) > 0.9 * len(router)  # varied phrasings
+
+
+def test_write_jsonl(tmp_path, lines):
+    path = tmp_path / "nested" / "logs.jsonl"
+    write_jsonl(path, lines[:3])
+    assert path.read_text(encoding="utf-8").splitlines() == lines[:3]
+
+
+def test_generic_corpus_teaches_the_format_not_the_production_tasks():
     corpus = generic_corpus(n_texts=600)
+    assert corpus == generic_corpus(n_texts=600)
     text = "\n".join(corpus)
-    for tool in ("get_order_status", "cancel_order", "track_shipment", "request_refund", "update_shipping_address"):
-        assert tool not in text
-    assert any(t.startswith("<tools>") for t in corpus) and "call " in text
-    assert all(t.count("<assistant>") == 1 for t in corpus)
+    production = [t["function"]["name"] for t in ROUTER_TOOLS]
+    production += [p for t in ROUTER_TOOLS for p in t["function"]["parameters"]["properties"]]
+    production += ["invoice_number", "due_date", "vendor", "ShopCo"]
+    for word in production:
+        assert f'"{word}"' not in text and f" {word} " not in text, word
+    assert all(t.count("<assistant>") == 1 and t.split("\n")[-1].startswith("<assistant> ") for t in corpus)
+    for marker in ROLE_MARKERS:
+        assert marker in text
+    kinds = Counter("call" if "<assistant> call " in t else "json" if "<assistant> {" in t else "text" for t in corpus)
+    assert kinds == {"text": 200, "call": 200, "json": 200}
