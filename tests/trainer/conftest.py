@@ -119,7 +119,7 @@ def routing_task(tmp_path_factory) -> dict[str, Path | dict[str, str]]:
     root = tmp_path_factory.mktemp("routing")
     evals = routing_rows(24, seed=3)
     return {
-        "train": write_jsonl(root / "train.jsonl", routing_rows(96, seed=2)),
+        "train": write_jsonl(root / "train.jsonl", routing_rows(160, seed=2)),
         "val": write_jsonl(root / "val.jsonl", routing_rows(16, seed=4)),
         "eval": write_jsonl(root / "eval.jsonl", [{"id": f"e{i}", "prompt": r["prompt"]} for i, r in enumerate(evals)]),
         "gold": {f"e{i}": r["completion"] for i, r in enumerate(evals)},
