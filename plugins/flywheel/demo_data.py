@@ -43,10 +43,6 @@ ROUTER_TOOLS = [
     _tool("update_shipping_address", "Change the delivery address of an order", order_id="string", address="string"),
 ]
 ROUTER_ARGUMENTS = {t["function"]["name"]: t["function"]["parameters"]["required"] for t in ROUTER_TOOLS}
-# Real traffic is skewed: status questions dominate, address changes are rare (the class-balanced
-# eval split still tests them).
-ROUTER_MIX = {"get_order_status": 0.34, "track_shipment": 0.22, "cancel_order": 0.16, "request_refund": 0.16,
-              "update_shipping_address": 0.12}
 
 ROUTER_REQUESTS: dict[str, list[str]] = {
     "get_order_status": [
@@ -125,19 +121,19 @@ def _sentence(text: str) -> str:
 
 
 def _customer_message(request: str, contexts: Sequence[str], rng: random.Random) -> str:
-    """Greeting, the request, maybe some context before or after it, sign-off: many phrasings
-    from few templates. Some customers type in lower case and skip the pleasantries."""
+    """Greeting, the request, maybe a sentence of context, sign-off: many phrasings from few
+    templates. Some customers type in lower case and skip the pleasantries. The request comes
+    first: the tiny students learn routing from what the customer asks, not from the chatter."""
     if rng.random() < 0.15:
         return request
     body = _sentence(request)
-    if contexts and rng.random() < 0.4:
-        context = rng.choice(contexts)
-        body = f"{context} {body}" if rng.random() < 0.5 else f"{body} {context}"
+    if contexts and rng.random() < 0.25:
+        body = f"{body} {rng.choice(contexts)}"
     return f"{rng.choice(OPENERS)}{body}{rng.choice(CLOSERS)}"
 
 
 def _tool_router(rng: random.Random) -> tuple[dict, dict]:
-    tool = rng.choices(list(ROUTER_MIX), list(ROUTER_MIX.values()))[0]
+    tool = rng.choice(list(ROUTER_REQUESTS))
     amount = _amount(rng)
     values = {
         "order_id": _order_id(rng),

