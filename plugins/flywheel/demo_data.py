@@ -505,7 +505,7 @@ def _generic_tool_call(rng: random.Random, tool_defs: list[dict]) -> tuple[dict,
     name = rng.choice(list(OTHER_TOOLS))
     phrasings, arg_slots = OTHER_TOOLS[name]
     values = {slot: IDENTIFIERS[slot](rng) if slot in IDENTIFIERS else rng.choice(FILL[slot])
-              for slot in set(arg_slots.values()) | {"person"}}
+              for slot in sorted(set(arg_slots.values()) | {"person"})}
     tools = rng.sample(tool_defs, k=rng.randint(3, 5))
     if name not in [t["function"]["name"] for t in tools]:
         tools[rng.randrange(len(tools))] = tool_defs[list(OTHER_TOOLS).index(name)]

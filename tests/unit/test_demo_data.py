@@ -126,3 +126,20 @@ def test_generic_corpus_teaches_the_format_not_the_production_tasks():
         assert marker in text
     kinds = Counter("call" if "<assistant> call " in t else "json" if "<assistant> {" in t else "text" for t in corpus)
     assert kinds == {"text": 200, "call": 200, "json": 200}
+
+
+def test_same_bytes_in_every_process():
+    """The logs and the pre-training corpus must not depend on PYTHONHASHSEED (set order): the
+    student model built from the corpus, and so every score, must be the same on every machine."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib; from datetime import datetime, timezone;"
+            "from flywheel.demo_data import generate_logs, generic_corpus;"
+            "logs = generate_logs(n_records=300, days=2, end=datetime(2026, 11, 20, tzinfo=timezone.utc), seed=7);"
+            "print(hashlib.sha256('\\n'.join(logs + generic_corpus(n_texts=600)).encode()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": s}).stdout.strip() for s in ("1", "2")}
+    assert len(digests) == 1 and len(next(iter(digests))) == len(hashlib.sha256().hexdigest()), digests
