@@ -140,8 +140,11 @@ FINAL_STATES = ("success", "failed", "skipped", "upstream_failed", "removed")
 REVIEW_DOWNSTREAM = ("deploy_decision",)
 
 
-def follow_run(api, dag_id: str, run_id: str, *, timeout: float = 3600, interval: float = 5.0) -> str:
-    """Print task progress until the run ends or only human reviews are left; returns the state."""
+def follow_run(api, dag_id: str, run_id: str, *, timeout: float = 3600, interval: float = 5.0,
+               stop_at_review: bool = True) -> str:
+    """Print task progress until the run ends or, with `stop_at_review`, only human reviews are
+    left; returns the state. After answering the reviews, follow with stop_at_review=False: the
+    answered review tasks show `awaiting_input` until the triggerer resumes them."""
     seen: set[tuple[str, int]] = set()
     started = time.monotonic()
     last_summary = ""
@@ -168,7 +171,7 @@ def follow_run(api, dag_id: str, run_id: str, *, timeout: float = 3600, interval
         # Reviews start only after every experiment ended; what is left then waits on the humans.
         busy = [ti for ti in tis if ti["state"] not in FINAL_STATES + ("awaiting_input",)
                 and ti["task_id"] not in REVIEW_DOWNSTREAM]
-        if waiting and not busy:
+        if stop_at_review and waiting and not busy:
             return "awaiting_review"
         if time.monotonic() - started > timeout:
             raise TimeoutError(f"run {run_id} still {run['state']} after {timeout:.0f}s")

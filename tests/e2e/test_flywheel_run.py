@@ -143,7 +143,7 @@ def test_full_flywheel_run(flywheel_stack):
     assert pending and any("tool_router" in r["subject"] for r in pending)
     for r in pending:
         api.respond(r, "Approve", "e2e approval")
-    assert cli.follow_run(api, DAG_ID, run_id, timeout=300, interval=3) == "success"
+    assert cli.follow_run(api, DAG_ID, run_id, timeout=300, interval=3, stop_at_review=False) == "success"
     deployments = _rows(socket_dir, "SELECT * FROM deployments WHERE run_key = %s", (run_key,))
     assert {d["workload_id"] for d in deployments} == {r["subject"].split(" for ")[1].rstrip("?") for r in pending}
     assert all(d["version"] == 1 and d["status"] == "active" and d["approved_by"] for d in deployments)
