@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 .PHONY: demo test install constraints models bench stop status approve reject leaderboard clean
 
 demo: install ## set up everything, run the flywheel on demo logs, print the leaderboard
-	$(PY) -m flywheel.cli demo
+	$(PY) -m flywheel_local.cli demo
 
 test: install ## run the whole test suite
 	$(PY) -m pytest
@@ -25,7 +25,7 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml i
 	@$(PIP) install --progress-bar on "$(TORCH)"
 	@echo "==> [3/4] Airflow 3 + providers + ML libraries (requirements.txt, requirements-dev.txt)"
 	@$(PIP) install --progress-bar on -c constraints.txt -r requirements.txt -r requirements-dev.txt
-	@echo "==> [4/4] this project (editable: flywheel, flywheel_operators, flywheel_trainer)"
+	@echo "==> [4/4] this project (editable: flywheel, flywheel_local, flywheel_operators, flywheel_trainer)"
 	@$(PIP) install --no-deps -e . -e images/gpu-trainer
 	@$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	@touch $(STAMP)
@@ -38,25 +38,25 @@ constraints:
 	rm -rf .constraints-venv
 
 models: install ## build (pre-train) the local student models
-	$(PY) -m flywheel.cli models build
+	$(PY) -m flywheel_local.cli models build
 
 stop: ## stop Airflow and PostgreSQL (data is kept)
-	@test -x $(PY) && $(PY) -m flywheel.cli down || echo "nothing installed, nothing running"
+	@test -x $(PY) && $(PY) -m flywheel_local.cli down || echo "nothing installed, nothing running"
 
 status:
-	@$(PY) -m flywheel.cli status
+	@$(PY) -m flywheel_local.cli status
 
 approve: ## approve every pending review
-	$(PY) -m flywheel.cli reviews approve --all
+	$(PY) -m flywheel_local.cli reviews approve --all
 
 reject: ## reject every pending review
-	$(PY) -m flywheel.cli reviews reject --all
+	$(PY) -m flywheel_local.cli reviews reject --all
 
 bench: install ## benchmarks (ratios measured side by side in one run)
 	$(PY) bench/bench_scoring.py
 
 leaderboard:
-	$(PY) -m flywheel.cli leaderboard
+	$(PY) -m flywheel_local.cli leaderboard
 
 clean: stop ## remove all local state (database, models, artifacts); keeps the virtualenv
 	rm -rf .flywheel

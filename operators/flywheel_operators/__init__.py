@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flywheel_operators.gpu_job import GPU_POOL, GpuJob
+from flywheel.gpu_job import GPU_POOL, GpuJob
 
 BACKENDS = ("local", "kubernetes")
 

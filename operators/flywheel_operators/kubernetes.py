@@ -14,7 +14,7 @@ from typing import Any
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from kubernetes.client import models as k8s
 
-from flywheel_operators.gpu_job import GpuJob, dns1123_name, label_value
+from flywheel.gpu_job import GpuJob, dns1123_name, label_value
 
 GPU_RESOURCE = "nvidia.com/gpu"
 

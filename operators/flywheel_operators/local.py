@@ -18,7 +18,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from flywheel_operators.gpu_job import GpuJob
+from flywheel.gpu_job import GpuJob
 
 
 class LocalGpuJobOperator(BaseOperator):

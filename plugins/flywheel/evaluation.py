@@ -7,12 +7,9 @@ judge arrives as a separate scorer.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from flywheel import artifacts
 from flywheel.config import FlywheelConfig
 from flywheel.experiments import ExperimentSpec
 from flywheel.prompts import parse_completion
@@ -34,16 +31,6 @@ class ExperimentResult:
 
 def reference_message(response: dict[str, Any]) -> dict[str, Any]:
     return response["choices"][0]["message"]
-
-
-def load_predictions(output_dir: str | Path) -> dict[str, str]:
-    path = Path(output_dir) / "predictions.jsonl"
-    preds = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            preds[str(row["id"])] = str(row.get("output") or "")
-    return preds
 
 
 def evaluate(
@@ -99,21 +86,3 @@ def evaluate(
         cost_per_1k=round(avg_tokens * price / 1_000_000 * 1000, 6),
     )
     return item_rows, result
-
-
-def evaluate_job_output(spec: ExperimentSpec, job: dict[str, Any], cfg: FlywheelConfig, embedder) -> tuple[list[dict], ExperimentResult]:
-    """Load what the GPU job read and wrote, then score it."""
-    from flywheel.icl import token_counter
-
-    rows = artifacts.read_jsonl(spec.dataset_uri)
-    eval_prompts = {str(r["id"]): r["prompt"] for r in artifacts.read_jsonl(job["inputs"]["eval"])}
-    predictions = load_predictions(job["spec"]["output_dir"])
-    return evaluate(
-        spec,
-        rows=rows,
-        eval_prompts=eval_prompts,
-        predictions=predictions,
-        cfg=cfg,
-        count_tokens=token_counter(cfg.candidates[spec.candidate].model_path),
-        embedder=embedder,
-    )

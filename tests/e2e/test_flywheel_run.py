@@ -7,81 +7,19 @@ to the leaderboard and the human review; approving the review must record deploy
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
-
 import pytest
-import yaml
 
-from flywheel import cli, stack, store
-from flywheel.config import DEFAULT_CONFIG, PROJECT_ROOT
+from flywheel_local import cli
 
 pytestmark = pytest.mark.e2e
 
 DAG_ID = "flywheel_on_demand"
-CANDIDATE = "tiny-lm-1.6m"
-BROKEN = "broken-lm"
 STRATEGIES = ["base", "icl", "lora"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def flywheel_stack(tmp_path_factory):
-    home = tmp_path_factory.mktemp("flywheel-home")
-    # A config with one extra candidate whose weights do not exist: every job of it must fail.
-    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    raw["candidates"][BROKEN] = {**raw["candidates"][CANDIDATE], "model_path": str(home / "no-such-model"),
-                                 "build": {}}
-    config = home / "flywheel.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    saved = dict(os.environ)
-    os.environ.update({
-        "FLYWHEEL_HOME": str(home),
-        "FLYWHEEL_API_PORT": str(_free_port()),
-        "FLYWHEEL_CONFIG": str(config),
-        # The student models are a cache shared with `make demo` (built once, ~1 minute).
-        "FLYWHEEL_MODELS_DIR": str(PROJECT_ROOT / ".flywheel" / "models"),
-        "FLYWHEEL_TRAINING_PROFILE": "cpu-demo",
-    })
-    os.environ.pop("AIRFLOW_HOME", None)  # the stack sets its own
-    paths = stack.StackPaths.from_env()
-    try:
-        cli.build_models(paths)
-        socket_dir, _ = cli.up(paths)
-        # Three days of logs ending now: the on-demand window (7 days back) holds all of them, and
-        # tool_router gets ~550 training examples, what the 1.6M student needs to learn the routing.
-        end = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
-        cli.load_demo_logs(socket_dir, paths, end=end, n_records=1800, days=3)
-        yield paths, socket_dir
-    finally:
-        stack.stop_airflow(paths)
-        stack.stop_postgres(paths)
-        os.environ.clear()
-        os.environ.update(saved)
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def _rows(socket_dir, sql, params=()):
-    conn = stack.connect_flywheel(socket_dir)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, r)) for r in cur.fetchall()]
-    finally:
-        conn.close()
-
-
-def test_full_flywheel_run(flywheel_stack):
-    paths, socket_dir = flywheel_stack
+def test_full_flywheel_run(e2e_stack):
+    paths = e2e_stack.paths
+    CANDIDATE, BROKEN = e2e_stack.candidate, e2e_stack.broken
     api = cli.api_client(paths)
     api.wait_for_dag(DAG_ID)
     api.unpause(DAG_ID)
@@ -93,20 +31,20 @@ def test_full_flywheel_run(flywheel_stack):
     assert state == "awaiting_review", state
 
     # Discovery: the three main workloads are selected, the small one is skipped with its reason.
-    workloads = {r["workload_id"]: r for r in _rows(socket_dir, "SELECT * FROM workloads WHERE run_key = %s", (run_key,))}
+    workloads = {r["workload_id"]: r for r in e2e_stack.rows("SELECT * FROM workloads WHERE run_key = %s", (run_key,))}
     selected = sorted(w for w, r in workloads.items() if r["selected"])
     assert selected == ["invoice_extraction", "support_qa", "tool_router"]
     assert not workloads["sql_helper"]["selected"]
     assert "fewer than min_records=50" in workloads["sql_helper"]["reason"]
 
     # Curation: counts add up, every quarantined record is in the quarantine table with a reason.
-    datasets = _rows(socket_dir, "SELECT * FROM datasets WHERE run_key = %s", (run_key,))
+    datasets = e2e_stack.rows("SELECT * FROM datasets WHERE run_key = %s", (run_key,))
     assert len(datasets) == 3
     for d in datasets:
         assert d["n_in"] == d["n_accepted"] + d["n_quarantined"] + d["n_duplicates"]
         assert d["n_in"] == workloads[d["workload_id"]]["n_records"]
         assert d["n_eval"] == 20 and d["n_accepted"] == d["n_eval"] + d["n_train"] + d["n_val"]
-        q = _rows(socket_dir, "SELECT reason, detail FROM quarantine WHERE run_key = %s AND workload_id = %s",
+        q = e2e_stack.rows("SELECT reason, detail FROM quarantine WHERE run_key = %s AND workload_id = %s",
                   (run_key, d["workload_id"]))
         assert len(q) == d["n_quarantined"]
         assert all(r["reason"] and r["detail"] for r in q)
@@ -114,7 +52,7 @@ def test_full_flywheel_run(flywheel_stack):
     assert sum(d["n_quarantined"] for d in datasets) > 0
 
     # Experiments: one per workload x candidate x strategy; the broken candidate fails alone.
-    exps = _rows(socket_dir, "SELECT * FROM experiments WHERE run_key = %s", (run_key,))
+    exps = e2e_stack.rows("SELECT * FROM experiments WHERE run_key = %s", (run_key,))
     assert len(exps) == 3 * 2 * len(STRATEGIES)
     assert {(e["workload_id"], e["candidate"], e["strategy"]) for e in exps} == {
         (w, c, s) for w in selected for c in (CANDIDATE, BROKEN) for s in STRATEGIES}
@@ -126,11 +64,11 @@ def test_full_flywheel_run(flywheel_stack):
             assert e["gpu_seconds"] is not None and e["gpu_seconds"] > 0
 
     # Evaluation: every item score in [0, 1]; 20 items per succeeded experiment.
-    scores = _rows(socket_dir, "SELECT workload_id, candidate, strategy, n, score FROM experiment_scores WHERE run_key = %s",
+    scores = e2e_stack.rows("SELECT workload_id, candidate, strategy, n, score FROM experiment_scores WHERE run_key = %s",
                    (run_key,))
     assert len(scores) == 3 * len(STRATEGIES)
     assert all(s["n"] == 20 and 0.0 <= s["score"] <= 1.0 for s in scores)
-    items = _rows(socket_dir, "SELECT min(score) AS lo, max(score) AS hi, count(*) AS n FROM evaluations WHERE run_key = %s",
+    items = e2e_stack.rows("SELECT min(score) AS lo, max(score) AS hi, count(*) AS n FROM evaluations WHERE run_key = %s",
                   (run_key,))[0]
     assert items["n"] == 3 * len(STRATEGIES) * 20 and 0.0 <= items["lo"] <= items["hi"] <= 1.0
 
@@ -144,8 +82,8 @@ def test_full_flywheel_run(flywheel_stack):
     for r in pending:
         api.respond(r, "Approve", "e2e approval")
     assert cli.follow_run(api, DAG_ID, run_id, timeout=300, interval=3, stop_at_review=False) == "success"
-    deployments = _rows(socket_dir, "SELECT * FROM deployments WHERE run_key = %s", (run_key,))
+    deployments = e2e_stack.rows("SELECT * FROM deployments WHERE run_key = %s", (run_key,))
     assert {d["workload_id"] for d in deployments} == {r["subject"].split(" for ")[1].rstrip("?") for r in pending}
     assert all(d["version"] == 1 and d["status"] == "active" and d["approved_by"] for d in deployments)
-    reviews = _rows(socket_dir, "SELECT * FROM reviews WHERE run_key = %s", (run_key,))
+    reviews = e2e_stack.rows("SELECT * FROM reviews WHERE run_key = %s", (run_key,))
     assert len(reviews) == len(pending) and all(r["decision"] == "approved" for r in reviews)

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from flywheel.curation import curate
-from flywheel.demo_data import generate_logs
+from flywheel_local.demo_data import generate_logs
 from flywheel.pii import redact_text
 from flywheel.records import LogRecord, Rejection, class_label, parse_line
 

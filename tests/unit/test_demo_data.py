@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from flywheel.demo_data import MALFORMED_KINDS, ROUTER_TOOLS, generate_logs, generic_corpus, write_jsonl
+from flywheel_local.demo_data import MALFORMED_KINDS, ROUTER_TOOLS, generate_logs, generic_corpus, write_jsonl
 from flywheel.pii import redact_text
 from flywheel.prompts import ROLE_MARKERS
 from flywheel.records import LogRecord, parse_line
@@ -137,7 +137,7 @@ def test_same_bytes_in_every_process():
     import sys
 
     code = ("import hashlib; from datetime import datetime, timezone;"
-            "from flywheel.demo_data import generate_logs, generic_corpus;"
+            "from flywheel_local.demo_data import generate_logs, generic_corpus;"
             "logs = generate_logs(n_records=300, days=2, end=datetime(2026, 11, 20, tzinfo=timezone.utc), seed=7);"
             "print(hashlib.sha256('\\n'.join(logs + generic_corpus(n_texts=600)).encode()).hexdigest())")
     digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

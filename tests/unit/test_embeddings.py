@@ -4,7 +4,8 @@ import sys
 import numpy as np
 import pytest
 
-from flywheel.embeddings import MODEL_ENV_VAR, Embedder, EmbeddingModelMissing, LocalMiniLM
+from flywheel.adapters.embeddings import MODEL_ENV_VAR, EmbeddingModelMissing, LocalMiniLM
+from flywheel.embeddings import Embedder
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +61,8 @@ def test_explicit_path_without_model_is_rejected(tmp_path):
 def test_domain_modules_import_without_torch():
     code = (
         "import sys\n"
-        "import flywheel.embeddings, flywheel.scoring, flywheel.icl\n"
-        "flywheel.embeddings.LocalMiniLM()\n"
+        "import flywheel.adapters.embeddings, flywheel.scoring, flywheel.icl\n"
+        "flywheel.adapters.embeddings.LocalMiniLM()\n"
         "assert 'torch' not in sys.modules and 'sentence_transformers' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

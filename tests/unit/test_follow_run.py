@@ -1,10 +1,10 @@
-"""`flywheel.cli.follow_run`: when it returns, against a scripted sequence of API answers."""
+"""`flywheel_local.cli.follow_run`: when it returns, against a scripted sequence of API answers."""
 
 from __future__ import annotations
 
 import pytest
 
-from flywheel import cli
+from flywheel_local import cli
 
 
 class ScriptedApi:

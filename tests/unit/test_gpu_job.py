@@ -8,7 +8,7 @@ import kubernetes_validate
 import pytest
 from kubernetes.client import ApiClient
 
-from flywheel_operators.gpu_job import GPU_POOL, GpuJob, dns1123_name, label_value
+from flywheel.gpu_job import GPU_POOL, GpuJob, dns1123_name, label_value
 
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")

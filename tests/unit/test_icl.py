@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from flywheel.embeddings import LocalMiniLM
+from flywheel.adapters.embeddings import LocalMiniLM
 from flywheel.icl import (
     build_icl_prompt,
     render_example,

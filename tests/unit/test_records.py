@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from flywheel.demo_data import MALFORMED_KINDS, generate_logs, malform
+from flywheel_local.demo_data import MALFORMED_KINDS, generate_logs, malform
 from flywheel.records import (
     REASONS, LogRecord, Rejection, class_label, nesting_depth, parse_line, parse_obj, parse_timestamp,
 )

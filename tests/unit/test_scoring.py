@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from flywheel.embeddings import LocalMiniLM
+from flywheel.adapters.embeddings import LocalMiniLM
 from flywheel.scoring import (
     EMBEDDING_COSINE,
     JSON_FIELD_EXACT,

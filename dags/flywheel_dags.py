@@ -2,7 +2,8 @@
 
 discover -> curate (per workload) -> experiment (per workload x candidate x strategy, GPU pool)
 -> evaluate -> leaderboard -> human review (HITL) -> deploy a new version when approved.
-Each task calls one function of the domain package (flywheel.tasks); this file only wires them.
+Each task calls one function of the task adapter (flywheel.adapters.airflow_tasks); this file only
+wires them. (Named flywheel_dags so that no DAG file shares a module name with a package.)
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ from datetime import datetime, timedelta
 from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Param, TaskGroup, TriggerRule, dag, get_current_context, task, task_group
 
-from flywheel import tasks
+from flywheel.adapters import airflow_tasks as tasks
 from flywheel.config import STRATEGIES, DagProfile, FlywheelConfig, load_config
+from flywheel.deploy import REJECT, REVIEW_OPTIONS
 from flywheel_operators import GPU_POOL, gpu_job_operator_class
-
-REVIEW_OPTIONS = ["Approve", "Reject"]
-
 
 def _params(cfg: FlywheelConfig, profile: DagProfile, candidates: list[str]) -> dict[str, Param]:
     return {
@@ -148,7 +147,7 @@ def build_flywheel_dag(profile: DagProfile, cfg: FlywheelConfig):
             options=REVIEW_OPTIONS,
             params={"comment": Param("", type="string", title="Comment")},
             response_timeout=timedelta(days=3),
-            defaults=["Reject"],  # no answer in time is a rejection, recorded as such
+            defaults=[REJECT],  # no answer in time is a rejection, recorded as such
             map_index_template="{{ task.subject }}",
         ).expand_kwargs(requests.map(_review_kwargs))
         deploy_decision.partial(plan=plan).expand(item=requests.zip(review.output))

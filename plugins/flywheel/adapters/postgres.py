@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from datetime import datetime, timezone
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from flywheel.config import PROJECT_ROOT
+from flywheel.deploy import comment_of, is_approved, reviewer_name
 
 SQL_DIR = PROJECT_ROOT / "include" / "sql"
 MIGRATIONS_DIR = SQL_DIR / "migrations"
@@ -48,8 +50,11 @@ def migrations(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, str, str]]:
         if m:
             found.append((int(m.group(1)), path.name, path.read_text(encoding="utf-8")))
     versions = [v for v, _, _ in found]
-    if versions != list(range(1, len(versions) + 1)):
-        raise MigrationError(f"migrations in {directory} must be numbered 0001, 0002, ... without gaps")
+    duplicates = sorted({v for v in versions if versions.count(v) > 1})
+    if duplicates:
+        raise MigrationError(f"migrations in {directory} share the number(s) {duplicates}; give each its own")
+    # Numbers need not be contiguous (work that lands in parallel takes its own range); they order
+    # the files, and each is applied once.
     return found
 
 
@@ -145,3 +150,37 @@ def advisory_lock(cur, key: str) -> None:
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False)
+
+
+# --- review decisions and deployments -------------------------------------------------------
+
+def record_decision(conn, *, run_key: str, winner: dict[str, Any], decision: dict[str, Any], model_path: str) -> dict[str, Any]:
+    """Record a review and, if approved, a new active deployment version of the workload.
+
+    Idempotent: a retried task finds the deployment it already made for this experiment. Writers of
+    one workload are serialised so two runs approved at once still get distinct versions.
+    """
+    approved = is_approved(decision)
+    key = {k: winner[k] for k in ("workload_id", "candidate", "strategy")}
+    reviewer = reviewer_name(decision.get("responded_by_user"))
+    decided_at = decision.get("responded_at") or datetime.now(timezone.utc)
+    with transaction(conn) as cur:
+        run_query(cur, "upsert_review", {
+            "run_key": run_key, **key,
+            "decision": "approved" if approved else "rejected",
+            "reviewer": reviewer,
+            "comment": comment_of(decision),
+            "decided_at": decided_at,
+        })
+        if not approved:
+            return {"decision": "rejected", **key}
+        advisory_lock(cur, f"deployments/{winner['workload_id']}")
+        existing = run_query(cur, "deployment_for_experiment", {"run_key": run_key, **key})
+        if existing:
+            return {"decision": "approved", **existing[0]}
+        run_query(cur, "supersede_active", {"workload_id": winner["workload_id"]})
+        adapter = f"{winner['output_uri']}/adapter" if winner["strategy"] == "lora" and winner.get("output_uri") else None
+        row = run_query(cur, "insert_deployment", {
+            "run_key": run_key, **key, "model_path": model_path, "adapter_uri": adapter, "approved_by": reviewer,
+        })[0]
+        return {"decision": "approved", **row}

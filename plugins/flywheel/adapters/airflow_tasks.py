@@ -1,4 +1,4 @@
-"""What each Airflow task does, one function per task, called from dags/flywheel.py.
+"""What each Airflow task does, one function per task, called from dags/flywheel_dags.py.
 
 These take and return small JSON-able dicts (XCom carries specs and counts, never datasets) and
 get their database connection from the ``flywheel_db`` Airflow connection.
@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 
-from flywheel import artifacts, store
+from flywheel.adapters import object_storage, postgres as store
 from flywheel.config import FlywheelConfig, load_config
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def get_conn():
 def embedder():
     import torch
 
-    from flywheel.embeddings import LocalMiniLM
+    from flywheel.adapters.embeddings import LocalMiniLM
 
     # One thread: scoring runs beside the GPU-pool job, and on a small CPU box two thread pools
     # spinning on the same cores slow both down several times over.
@@ -87,7 +87,7 @@ def register_run(
 
 def discover_workloads(plan: dict[str, Any]) -> list[dict[str, Any]]:
     from flywheel.discovery import decide_workloads
-    from flywheel.sources import PostgresLogSource
+    from flywheel.adapters.postgres_logs import PostgresLogSource
 
     conn = get_conn()
     try:
@@ -109,7 +109,7 @@ def curate_workload(plan: dict[str, Any], target: dict[str, Any], cfg: FlywheelC
     """Pull, redact, validate, dedup and split one workload; store counts, quarantine and dataset."""
     from flywheel.curation import curate
     from flywheel.records import parse_line
-    from flywheel.sources import PostgresLogSource
+    from flywheel.adapters.postgres_logs import PostgresLogSource
 
     cfg = cfg or load_config()
     run_key, workload_id = plan["run_key"], target["workload_id"]
@@ -123,7 +123,7 @@ def curate_workload(plan: dict[str, Any], target: dict[str, Any], cfg: FlywheelC
         result = curate(parsed, eval_size=plan["eval_size"], val_ratio=cfg.val_ratio, seed=cfg.seed,
                         min_train=cfg.min_train)
         rows = result.to_rows()
-        uri = artifacts.put_jsonl("datasets", rows) if result.usable else None
+        uri = object_storage.put_jsonl("datasets", rows) if result.usable else None
         store.execute_many(conn, "insert_quarantine", (
             {"run_key": run_key, "stage": "curate", "source_ref": q.source_id, "workload_id": workload_id,
              "reason": q.reason, "field": q.field, "detail": q.detail}
@@ -148,7 +148,8 @@ def curate_workload(plan: dict[str, Any], target: dict[str, Any], cfg: FlywheelC
 
 
 def prepare_experiment(spec_dict: dict[str, Any], cfg: FlywheelConfig | None = None) -> dict[str, Any]:
-    from flywheel.experiments import ExperimentSpec, build_job
+    from flywheel.adapters.jobs import build_job
+    from flywheel.experiments import ExperimentSpec
 
     cfg = cfg or load_config()
     spec = ExperimentSpec.from_dict(spec_dict)
@@ -193,7 +194,7 @@ def evaluate_experiment(job: dict[str, Any], cfg: FlywheelConfig | None = None) 
     import json
     from pathlib import Path
 
-    from flywheel.evaluation import evaluate_job_output
+    from flywheel.adapters.jobs import evaluate_job_output
     from flywheel.experiments import ExperimentSpec
 
     cfg = cfg or load_config()
@@ -239,13 +240,11 @@ def publish_leaderboard(plan: dict[str, Any], cfg: FlywheelConfig | None = None)
 
 def deploy_decision(plan: dict[str, Any], request: dict[str, Any], decision: dict[str, Any],
                     cfg: FlywheelConfig | None = None) -> dict[str, Any]:
-    from flywheel.deploy import record_decision
-
     cfg = cfg or load_config()
     winner = request["winner"]
     conn = get_conn()
     try:
-        outcome = record_decision(conn, run_key=plan["run_key"], winner=winner, decision=decision,
+        outcome = store.record_decision(conn, run_key=plan["run_key"], winner=winner, decision=decision,
                                   model_path=cfg.candidates[winner["candidate"]].model_path)
     finally:
         conn.close()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from flywheel import store
+from flywheel.adapters import postgres as store
 
 
 class PostgresLogSource:

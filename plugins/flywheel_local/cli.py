@@ -19,7 +19,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from flywheel import stack, store
+from flywheel.adapters import postgres as store
+from flywheel_local import stack
 from flywheel.config import load_config
 
 DEMO_SEED = 7
@@ -80,7 +81,7 @@ def up(paths: stack.StackPaths) -> tuple[Path, dict[str, str]]:
 
 def build_models(paths: stack.StackPaths, *, force: bool = False) -> None:
     """Build every configured candidate that has a `build` recipe and is not built yet."""
-    from flywheel.demo_data import generic_corpus
+    from flywheel_local.demo_data import generic_corpus
     from flywheel.prompts import ROLE_MARKERS
 
     os.environ.setdefault("FLYWHEEL_MODELS_DIR", str(paths.models))
@@ -107,8 +108,8 @@ def build_models(paths: stack.StackPaths, *, force: bool = False) -> None:
 
 def load_demo_logs(socket_dir: Path, paths: stack.StackPaths, *, end: datetime | None = None,
                    n_records: int = 2400, days: int = 7) -> None:
-    from flywheel.demo_data import generate_logs
-    from flywheel.sources import ingest_lines
+    from flywheel_local.demo_data import generate_logs
+    from flywheel.adapters.postgres_logs import ingest_lines
 
     end = end or datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     source = f"demo-{end:%Y%m%dT%H}-n{n_records}-d{days}-seed{DEMO_SEED}.jsonl"
@@ -130,7 +131,7 @@ def load_demo_logs(socket_dir: Path, paths: stack.StackPaths, *, end: datetime |
 
 
 def api_client(paths: stack.StackPaths):
-    from flywheel.api import AirflowAPI
+    from flywheel_local.api import AirflowAPI
 
     secrets = stack.load_secrets(paths)
     return AirflowAPI(stack.api_url(), stack.ADMIN_USER, secrets["admin_password"])

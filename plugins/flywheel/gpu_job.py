@@ -1,9 +1,11 @@
-"""One GPU job, two backends.
+"""The GPU job contract: one job spec, two backends (flywheel_operators).
 
-A ``GpuJob`` is built once from an experiment (see flywheel.experiments) and carried through XCom
+A ``GpuJob`` is built once from an experiment (see flywheel.adapters.jobs) and carried through XCom
 as a small JSON dict. The ``local`` backend runs its entrypoint as a subprocess on this machine;
 the ``kubernetes`` backend runs the same entrypoint in the trainer image on a GPU node pool.
 Workload ids are untrusted: everything that reaches a pod name or label is sanitised here.
+Pure data and string rules: no Airflow, no Kubernetes client, so the domain and both backends
+share this one definition.
 """
 
 from __future__ import annotations

@@ -1,0 +1,154 @@
+"""From an experiment to its GPU job, and back: the object-storage side of steps 3 and 4.
+
+``build_job`` reads the curated dataset, picks in-context examples, writes the trainer's inputs as
+content-addressed artifacts and returns the ``GpuJob`` (a small dict for XCom);
+``evaluate_job_output`` reads what the job wrote and hands it to the domain's evaluator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from flywheel.adapters import object_storage as artifacts
+from flywheel.config import Candidate, FlywheelConfig, LoraParams
+from flywheel.evaluation import ExperimentResult, evaluate
+from flywheel.experiments import TRAINER_SPEC_VERSION, ExperimentSpec
+from flywheel.gpu_job import GpuJob
+
+
+def _split(rows: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [r for r in rows if r["split"] == name]
+
+
+def _file_ref(uri: str) -> str:
+    """What the trainer receives: a local path for file:// artifacts, the URI otherwise."""
+    try:
+        return str(artifacts.local_path(uri))
+    except ValueError:
+        return uri
+
+
+def build_eval_prompts(spec: ExperimentSpec, rows: list[dict[str, Any]], cfg: FlywheelConfig, candidate: Candidate,
+                       embedder) -> list[str]:
+    eval_rows = _split(rows, "eval")
+    prompts = [r["prompt"] for r in eval_rows]
+    if spec.strategy != "icl":
+        return prompts
+    from flywheel.icl import select_for_eval, token_counter
+
+    pool = _split(rows, "train")
+    return select_for_eval(
+        prompts,
+        [r["prompt"] for r in pool],
+        [r["completion"] for r in pool],
+        embedder,
+        token_counter(candidate.model_path),
+        cfg.icl_budget_tokens,
+        cfg.icl_max_examples,
+    )
+
+
+def build_job(spec: ExperimentSpec, cfg: FlywheelConfig, embedder=None) -> dict[str, Any]:
+    """The GpuJob (as a dict) that runs one experiment; inputs are content-addressed artifacts.
+
+    ``embedder`` picks the in-context examples (only the ``icl`` strategy needs it).
+    """
+    candidate = cfg.candidates[spec.candidate]
+    rows = artifacts.read_jsonl(spec.dataset_uri)
+    eval_rows = _split(rows, "eval")
+    prompts = build_eval_prompts(spec, rows, cfg, candidate, embedder)
+    inputs = {
+        "eval": artifacts.put_jsonl(
+            "trainer-inputs", [{"id": r["id"], "prompt": p} for r, p in zip(eval_rows, prompts)]
+        )
+    }
+    lora: LoraParams | None = None
+    if spec.strategy == "lora":
+        lora = cfg.lora_for_profile(spec.training_profile)
+        for split in ("train", "val"):
+            inputs[split] = artifacts.put_jsonl(
+                "trainer-inputs",
+                [{"prompt": r["prompt"], "completion": r["completion"]} for r in _split(rows, split)],
+            )
+    fingerprint = {
+        "version": TRAINER_SPEC_VERSION,
+        "model": _model_fingerprint(candidate.model_path),
+        "strategy": spec.strategy,
+        "inputs": {k: v.rsplit("/", 1)[-1] for k, v in inputs.items()},  # content hashes
+        "lora": asdict(lora) if lora else None,
+        "max_new_tokens": cfg.max_new_tokens,
+        "max_seq_len": cfg.max_seq_len,
+        "seed": cfg.seed,
+    }
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+    output_uri = str(artifacts.artifact_root() / "experiments" / digest)
+    trainer_spec = {
+        "job_name": spec.label,
+        "strategy": spec.strategy,
+        "model_path": candidate.model_path,
+        "train_file": _file_ref(inputs["train"]) if "train" in inputs else None,
+        "val_file": _file_ref(inputs["val"]) if "val" in inputs else None,
+        "eval_file": _file_ref(inputs["eval"]),
+        "output_dir": _file_ref(output_uri),
+        "lora": {**asdict(lora), "target_modules": "all-linear"} if lora else None,
+        "generation": {"max_new_tokens": cfg.max_new_tokens},
+        "max_seq_len": cfg.max_seq_len,
+        "seed": cfg.seed,
+    }
+    job = GpuJob(
+        name=spec.label,
+        image=candidate.image,
+        args=["run"],
+        gpus=candidate.gpus,
+        memory=candidate.memory,
+        inputs=inputs,
+        outputs={"predictions": f"{output_uri}/predictions.jsonl", "adapter": f"{output_uri}/adapter"},
+        labels={
+            "flywheel.io/run": spec.run_key,
+            "flywheel.io/workload": spec.workload_id,
+            "flywheel.io/candidate": spec.candidate,
+            "flywheel.io/strategy": spec.strategy,
+        },
+        spec=trainer_spec,
+    )
+    return {"experiment": spec.to_dict(), **job.to_dict()}
+
+
+def _model_fingerprint(model_path: str) -> str:
+    """Changes when the candidate's weights are rebuilt, so stale outputs are not reused."""
+    meta = Path(model_path) / "flywheel_model.json"
+    if meta.exists():
+        return hashlib.sha256(meta.read_bytes()).hexdigest()
+    return model_path
+
+
+def load_predictions(output_dir: str | Path) -> dict[str, str]:
+    path = Path(output_dir) / "predictions.jsonl"
+    preds = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            preds[str(row["id"])] = str(row.get("output") or "")
+    return preds
+
+
+def evaluate_job_output(spec: ExperimentSpec, job: dict[str, Any], cfg: FlywheelConfig, embedder) -> tuple[list[dict], ExperimentResult]:
+    """Load what the GPU job read and wrote, then score it."""
+    from flywheel.icl import token_counter
+
+    rows = artifacts.read_jsonl(spec.dataset_uri)
+    eval_prompts = {str(r["id"]): r["prompt"] for r in artifacts.read_jsonl(job["inputs"]["eval"])}
+    predictions = load_predictions(job["spec"]["output_dir"])
+    return evaluate(
+        spec,
+        rows=rows,
+        eval_prompts=eval_prompts,
+        predictions=predictions,
+        cfg=cfg,
+        count_tokens=token_counter(cfg.candidates[spec.candidate].model_path),
+        embedder=embedder,
+    )

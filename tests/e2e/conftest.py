@@ -1,0 +1,87 @@
+"""One embedded stack (PostgreSQL + Airflow 3, LocalExecutor) for every end-to-end test.
+
+Starting it costs about a minute (student models cached in .flywheel/models, Airflow migration,
+four components); each e2e test adds what it needs (its own workloads or time window) to the same
+stack instead of starting another, so `make test` stays well under its time budget as e2e tests grow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flywheel.config import DEFAULT_CONFIG, PROJECT_ROOT
+from flywheel_local import cli, stack
+
+CANDIDATE = "tiny-lm-1.6m"
+BROKEN = "broken-lm"  # a candidate whose weights do not exist: every job of it must fail alone
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class E2EStack:
+    paths: stack.StackPaths
+    socket_dir: Path
+    config: Path
+    candidate: str = CANDIDATE
+    broken: str = BROKEN
+
+    def api(self):
+        return cli.api_client(self.paths)
+
+    def rows(self, sql: str, params=()) -> list[dict]:
+        conn = stack.connect_flywheel(self.socket_dir)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                names = [d[0] for d in cur.description]
+                return [dict(zip(names, r)) for r in cur.fetchall()]
+        finally:
+            conn.close()
+
+
+@pytest.fixture(scope="session")
+def e2e_stack(tmp_path_factory):
+    home = tmp_path_factory.mktemp("flywheel-home")
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw["candidates"][BROKEN] = {**raw["candidates"][CANDIDATE], "model_path": str(home / "no-such-model"),
+                                 "build": {}}
+    config = home / "flywheel.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    saved = dict(os.environ)
+    os.environ.update({
+        "FLYWHEEL_HOME": str(home),
+        "FLYWHEEL_API_PORT": str(_free_port()),
+        "FLYWHEEL_CONFIG": str(config),
+        # The student models are a cache shared with `make demo` (built once, ~1 minute).
+        "FLYWHEEL_MODELS_DIR": str(PROJECT_ROOT / ".flywheel" / "models"),
+        "FLYWHEEL_TRAINING_PROFILE": "cpu-demo",
+    })
+    os.environ.pop("AIRFLOW_HOME", None)  # the stack sets its own
+    paths = stack.StackPaths.from_env()
+    try:
+        cli.build_models(paths)
+        socket_dir, _ = cli.up(paths)
+        # Three days of logs ending an hour ago: the on-demand window (7 days back) holds all of
+        # them, and tool_router gets ~550 training examples, what the 1.6M student needs.
+        end = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+        cli.load_demo_logs(socket_dir, paths, end=end, n_records=1800, days=3)
+        yield E2EStack(paths, socket_dir, config)
+    finally:
+        stack.stop_airflow(paths)
+        stack.stop_postgres(paths)
+        os.environ.clear()
+        os.environ.update(saved)
+        shutil.rmtree(home, ignore_errors=True)
