@@ -13,7 +13,7 @@ demo: install ## set up everything, run the flywheel on demo logs, print the lea
 	$(PY) -m flywheel_local.cli demo
 
 test: install ## run the whole test suite
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 install: $(STAMP)
 
