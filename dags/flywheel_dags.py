@@ -30,6 +30,8 @@ def _params(cfg: FlywheelConfig, profile: DagProfile, candidates: list[str]) -> 
         "eval_size": Param(profile.eval_size, type="integer", minimum=5, maximum=1000, title="Eval items per workload"),
         "threshold": Param(cfg.threshold, type="number", minimum=0, maximum=1,
                            title="Review threshold", description="Candidates scoring at least this go to human review."),
+        "slice_floor": Param(cfg.slice_floor, type="number", minimum=0, maximum=1, title="Slice floor",
+                             description="A candidate whose worst slice (class of requests) scores below this is not sent to review."),
         "min_records": Param(cfg.min_records, type="integer", minimum=1, title="Minimum records per workload"),
         "lookback_days": Param(cfg.on_demand_lookback_days, type="integer", minimum=1, maximum=365,
                                title="Look-back days", description="Window of a manual run (scheduled runs use their data interval)."),

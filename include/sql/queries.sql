@@ -61,28 +61,64 @@ WHERE run_key = %(run_key)s AND workload_id = %(workload_id)s
 
 -- name: upsert_evaluation
 INSERT INTO evaluations (run_key, workload_id, candidate, strategy, item_id, slice, method, score,
-                         reference, prediction, detail)
+                         score_vs_prod, score_vs_gold, reference_source, reference, prediction, failure,
+                         detail)
 VALUES (%(run_key)s, %(workload_id)s, %(candidate)s, %(strategy)s, %(item_id)s, %(slice)s,
-        %(method)s, %(score)s, %(reference)s, %(prediction)s, %(detail)s)
+        %(method)s, %(score)s, %(score_vs_prod)s, %(score_vs_gold)s, %(reference_source)s,
+        %(reference)s, %(prediction)s, %(failure)s, %(detail)s)
 ON CONFLICT (run_key, workload_id, candidate, strategy, item_id) DO UPDATE
 SET slice = EXCLUDED.slice, method = EXCLUDED.method, score = EXCLUDED.score,
-    reference = EXCLUDED.reference, prediction = EXCLUDED.prediction, detail = EXCLUDED.detail;
+    score_vs_prod = EXCLUDED.score_vs_prod, score_vs_gold = EXCLUDED.score_vs_gold,
+    reference_source = EXCLUDED.reference_source, reference = EXCLUDED.reference,
+    prediction = EXCLUDED.prediction, failure = EXCLUDED.failure, detail = EXCLUDED.detail;
 
 -- name: upsert_experiment_score
-INSERT INTO experiment_scores (run_key, workload_id, candidate, strategy, method, n, score, ci_low,
-                               ci_high, avg_tokens, cost_per_1k)
-VALUES (%(run_key)s, %(workload_id)s, %(candidate)s, %(strategy)s, %(method)s, %(n)s, %(score)s,
-        %(ci_low)s, %(ci_high)s, %(avg_tokens)s, %(cost_per_1k)s)
+INSERT INTO experiment_scores (run_key, workload_id, candidate, strategy, method, scorer, n, n_items,
+                               score, ci_low, ci_high, score_vs_prod, score_vs_gold, n_gold, unscored,
+                               worst_slice, worst_slice_score, worst_slice_n, tool_metrics, judge,
+                               avg_tokens, avg_prompt_tokens, avg_completion_tokens, tokens_source,
+                               cost_per_1k, prod_cost_per_1k, saving_per_1k, monthly_savings,
+                               training_gpu_seconds, training_cost, payback_days, cost_note)
+VALUES (%(run_key)s, %(workload_id)s, %(candidate)s, %(strategy)s, %(method)s, %(scorer)s, %(n)s,
+        %(n_items)s, %(score)s, %(ci_low)s, %(ci_high)s, %(score_vs_prod)s, %(score_vs_gold)s,
+        %(n_gold)s, %(unscored)s, %(worst_slice)s, %(worst_slice_score)s, %(worst_slice_n)s,
+        %(tool_metrics)s, %(judge)s, %(avg_tokens)s, %(avg_prompt_tokens)s, %(avg_completion_tokens)s,
+        %(tokens_source)s, %(cost_per_1k)s, %(prod_cost_per_1k)s, %(saving_per_1k)s,
+        %(monthly_savings)s, %(training_gpu_seconds)s, %(training_cost)s, %(payback_days)s, %(note)s)
 ON CONFLICT (run_key, workload_id, candidate, strategy) DO UPDATE
-SET method = EXCLUDED.method, n = EXCLUDED.n, score = EXCLUDED.score, ci_low = EXCLUDED.ci_low,
-    ci_high = EXCLUDED.ci_high, avg_tokens = EXCLUDED.avg_tokens, cost_per_1k = EXCLUDED.cost_per_1k;
+SET method = EXCLUDED.method, scorer = EXCLUDED.scorer, n = EXCLUDED.n, n_items = EXCLUDED.n_items,
+    score = EXCLUDED.score, ci_low = EXCLUDED.ci_low, ci_high = EXCLUDED.ci_high,
+    score_vs_prod = EXCLUDED.score_vs_prod, score_vs_gold = EXCLUDED.score_vs_gold,
+    n_gold = EXCLUDED.n_gold, unscored = EXCLUDED.unscored, worst_slice = EXCLUDED.worst_slice,
+    worst_slice_score = EXCLUDED.worst_slice_score, worst_slice_n = EXCLUDED.worst_slice_n,
+    tool_metrics = EXCLUDED.tool_metrics, judge = EXCLUDED.judge, avg_tokens = EXCLUDED.avg_tokens,
+    avg_prompt_tokens = EXCLUDED.avg_prompt_tokens, avg_completion_tokens = EXCLUDED.avg_completion_tokens,
+    tokens_source = EXCLUDED.tokens_source, cost_per_1k = EXCLUDED.cost_per_1k,
+    prod_cost_per_1k = EXCLUDED.prod_cost_per_1k, saving_per_1k = EXCLUDED.saving_per_1k,
+    monthly_savings = EXCLUDED.monthly_savings, training_gpu_seconds = EXCLUDED.training_gpu_seconds,
+    training_cost = EXCLUDED.training_cost, payback_days = EXCLUDED.payback_days,
+    cost_note = EXCLUDED.cost_note;
 
 -- name: leaderboard
-SELECT e.workload_id, e.candidate, e.strategy, e.status, s.method, s.n, s.score, s.ci_low,
-       s.ci_high, s.cost_per_1k, d.n_train, d.n_eval, e.gpu_seconds, e.output_uri, e.error
+-- One row per experiment of a run: scores (mean, CI, vs production, vs gold, worst slice), tool
+-- metrics, the judge's figures and calibration, cost and savings. Issue 10's review evidence and
+-- UI page read this (and experiment_slices_for_run / evaluation_items).
+SELECT e.workload_id, e.candidate, e.strategy, e.status, s.method, s.scorer, s.n, s.n_items, s.score,
+       s.ci_low, s.ci_high, s.score_vs_prod, s.score_vs_gold, s.n_gold, s.unscored, s.worst_slice,
+       s.worst_slice_score, s.worst_slice_n, s.tool_metrics, s.judge, s.avg_prompt_tokens,
+       s.avg_completion_tokens, s.tokens_source, s.cost_per_1k, s.prod_cost_per_1k, s.saving_per_1k,
+       s.monthly_savings, s.training_gpu_seconds, s.training_cost, s.payback_days, s.cost_note,
+       t.requests_per_month, d.n_train, d.n_eval, e.gpu_seconds, e.output_uri, e.error,
+       c.kappa AS judge_kappa, c.spearman AS judge_spearman, c.n AS judge_calibration_n
 FROM experiments e
 JOIN datasets d USING (run_key, workload_id)
 LEFT JOIN experiment_scores s USING (run_key, workload_id, candidate, strategy)
+LEFT JOIN workload_traffic t USING (run_key, workload_id)
+LEFT JOIN LATERAL (
+    SELECT kappa, spearman, n FROM judge_calibration jc
+    WHERE jc.judge_model = s.judge ->> 'model' AND jc.prompt_version = s.judge ->> 'prompt_version'
+    ORDER BY computed_at DESC LIMIT 1
+) c ON true
 WHERE e.run_key = %(run_key)s
 ORDER BY e.workload_id, s.score DESC NULLS LAST, e.candidate, e.strategy;
 
@@ -121,3 +157,98 @@ RETURNING id, workload_id, version, candidate, strategy, status;
 INSERT INTO production_logs (source, line_no, ts, workload_id, raw)
 VALUES (%(source)s, %(line_no)s, %(ts)s, %(workload_id)s, %(raw)s)
 ON CONFLICT (source, line_no) DO NOTHING;
+
+-- ---- evaluation (issue 9): slices, traffic, judge cache, gold references, calibration ----------
+
+-- name: upsert_experiment_slice
+INSERT INTO experiment_slices (run_key, workload_id, candidate, strategy, slice, n, score, ci_low, ci_high)
+VALUES (%(run_key)s, %(workload_id)s, %(candidate)s, %(strategy)s, %(slice)s, %(n)s, %(mean)s,
+        %(ci_low)s, %(ci_high)s)
+ON CONFLICT (run_key, workload_id, candidate, strategy, slice) DO UPDATE
+SET n = EXCLUDED.n, score = EXCLUDED.score, ci_low = EXCLUDED.ci_low, ci_high = EXCLUDED.ci_high;
+
+-- name: delete_experiment_slices
+DELETE FROM experiment_slices
+WHERE run_key = %(run_key)s AND workload_id = %(workload_id)s AND candidate = %(candidate)s
+  AND strategy = %(strategy)s;
+
+-- name: experiment_slices_for_run
+SELECT workload_id, candidate, strategy, slice, n, score, ci_low, ci_high
+FROM experiment_slices WHERE run_key = %(run_key)s
+ORDER BY workload_id, candidate, strategy, score NULLS FIRST, slice;
+
+-- name: evaluation_items
+-- The per-item evidence of one experiment (worst first): what the reviewer reads.
+SELECT item_id, slice, method, score, score_vs_prod, score_vs_gold, reference_source, reference,
+       prediction, failure, detail
+FROM evaluations
+WHERE run_key = %(run_key)s AND workload_id = %(workload_id)s AND candidate = %(candidate)s
+  AND strategy = %(strategy)s
+ORDER BY score NULLS FIRST, item_id;
+
+-- name: upsert_workload_traffic
+INSERT INTO workload_traffic (run_key, workload_id, requests_in_window, window_days, requests_per_month,
+                              n_records, n_with_usage, avg_prompt_tokens, avg_completion_tokens,
+                              prod_cost_per_1k, note)
+VALUES (%(run_key)s, %(workload_id)s, %(requests_in_window)s, %(window_days)s, %(requests_per_month)s,
+        %(n_records)s, %(n_with_usage)s, %(avg_prompt_tokens)s, %(avg_completion_tokens)s,
+        %(prod_cost_per_1k)s, %(note)s)
+ON CONFLICT (run_key, workload_id) DO UPDATE
+SET requests_in_window = EXCLUDED.requests_in_window, window_days = EXCLUDED.window_days,
+    requests_per_month = EXCLUDED.requests_per_month, n_records = EXCLUDED.n_records,
+    n_with_usage = EXCLUDED.n_with_usage, avg_prompt_tokens = EXCLUDED.avg_prompt_tokens,
+    avg_completion_tokens = EXCLUDED.avg_completion_tokens, prod_cost_per_1k = EXCLUDED.prod_cost_per_1k,
+    note = EXCLUDED.note;
+
+-- name: run_window
+SELECT r.interval_start, r.interval_end, w.n_records
+FROM runs r LEFT JOIN workloads w ON w.run_key = r.run_key AND w.workload_id = %(workload_id)s
+WHERE r.run_key = %(run_key)s;
+
+-- name: judge_cache_get
+SELECT item_hash, position, reply, prompt_tokens, completion_tokens
+FROM judge_cache
+WHERE judge_model = %(judge_model)s AND prompt_version = %(prompt_version)s
+  AND item_hash IN (SELECT jsonb_array_elements_text(%(item_hashes)s::jsonb));
+
+-- name: judge_cache_put
+INSERT INTO judge_cache (judge_model, prompt_version, item_hash, position, reply, prompt_tokens,
+                         completion_tokens)
+VALUES (%(judge_model)s, %(prompt_version)s, %(item_hash)s, %(position)s, %(reply)s, %(prompt_tokens)s,
+        %(completion_tokens)s)
+ON CONFLICT (judge_model, prompt_version, item_hash, position) DO NOTHING;
+
+-- name: upsert_gold_reference
+INSERT INTO gold_references (workload_id, request_hash, item_id, reference, author, source, note)
+VALUES (%(workload_id)s, %(request_hash)s, %(item_id)s, %(reference)s, %(author)s, %(source)s, %(note)s)
+ON CONFLICT (workload_id, request_hash) DO UPDATE
+SET item_id = COALESCE(EXCLUDED.item_id, gold_references.item_id), reference = EXCLUDED.reference,
+    author = EXCLUDED.author, source = EXCLUDED.source, note = EXCLUDED.note, updated_at = now();
+
+-- name: gold_references_for_workload
+SELECT workload_id, request_hash, item_id, reference, author, source, note
+FROM gold_references WHERE workload_id = %(workload_id)s;
+
+-- name: upsert_human_label
+INSERT INTO human_labels (item_hash, labeler, score, source, item, workload_id)
+VALUES (%(item_hash)s, %(labeler)s, %(score)s, %(source)s, %(item)s, %(workload_id)s)
+ON CONFLICT (item_hash, labeler) DO UPDATE
+SET score = EXCLUDED.score, source = EXCLUDED.source, item = EXCLUDED.item,
+    workload_id = EXCLUDED.workload_id, created_at = now();
+
+-- name: human_labels
+SELECT item_hash, labeler, score, source, item, workload_id FROM human_labels
+WHERE (%(workload_id)s::text IS NULL OR workload_id = %(workload_id)s)
+ORDER BY item_hash, labeler;
+
+-- name: insert_judge_calibration
+INSERT INTO judge_calibration (judge_model, prompt_version, n, kappa, spearman, pass_mark, n_unscored, note)
+VALUES (%(judge_model)s, %(prompt_version)s, %(n)s, %(kappa)s, %(spearman)s, %(pass_mark)s,
+        %(n_unscored)s, %(note)s)
+RETURNING id, computed_at;
+
+-- name: latest_judge_calibration
+SELECT judge_model, prompt_version, n, kappa, spearman, pass_mark, n_unscored, note, computed_at
+FROM judge_calibration
+WHERE judge_model = %(judge_model)s AND prompt_version = %(prompt_version)s
+ORDER BY computed_at DESC LIMIT 1;

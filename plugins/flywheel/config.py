@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from flywheel.costs import Prices
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = PROJECT_ROOT / "include" / "flywheel.yaml"
 STRATEGIES = ("base", "icl", "lora")
@@ -62,6 +64,34 @@ class Candidate:
     memory: str
     price_per_1m_tokens: float
     build: dict = field(default_factory=dict)
+    # Input and output tokens are often priced apart; each defaults to the blended price.
+    price_per_1m_input_tokens: float | None = None
+    price_per_1m_output_tokens: float | None = None
+
+    @property
+    def prices(self) -> Prices:
+        return _prices(self.price_per_1m_tokens, self.price_per_1m_input_tokens, self.price_per_1m_output_tokens)
+
+
+def _prices(blended: float, input_: float | None, output: float | None) -> Prices:
+    return Prices(input_per_1m=blended if input_ is None else input_,
+                  output_per_1m=blended if output is None else output)
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """How the LLM judge is used when the ``flywheel_judge`` connection exists (the endpoint, key
+    and model are the connection's; these are the flywheel's side)."""
+
+    prompt_version: str = "v1"
+    position: str = "both"  # both orders scored, or "random" (one seeded order per item)
+    seed: int = 0
+    max_concurrency: int = 16
+    timeout_s: float = 60.0
+    max_retries: int = 4
+    max_answer_chars: int = 8000
+    price_per_1m_input_tokens: float = 0.0
+    price_per_1m_output_tokens: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +125,18 @@ class FlywheelConfig:
     training_profiles: dict[str, dict]
     candidates: dict[str, Candidate]
     dags: dict[str, DagProfile]
+    production_price_per_1m_input_tokens: float | None = None
+    production_price_per_1m_output_tokens: float | None = None
+    slice_floor: float = 0.0  # a candidate whose worst slice scores below this is not sent to review
+    max_unscored_share: float = 0.1  # nor one whose judge could not score more than this share of items
+    calibration_pass_mark: float = 0.5  # judge and human agree on pass/fail at this score (kappa)
+    gpu_price_per_hour: float = 0.0  # USD per GPU-hour, prices LoRA training
+    judge: JudgeSettings = field(default_factory=JudgeSettings)
+
+    @property
+    def production_prices(self) -> Prices:
+        return _prices(self.production_price_per_1m_tokens, self.production_price_per_1m_input_tokens,
+                       self.production_price_per_1m_output_tokens)
 
     def lora_for_profile(self, profile: str | None) -> LoraParams:
         """LoRA hyper-parameters: production defaults, overridden by a named training profile."""
@@ -105,6 +147,18 @@ class FlywheelConfig:
                 f"unknown training profile {profile!r}; known: {sorted(self.training_profiles)}"
             )
         return replace(self.lora, **self.training_profiles[profile])
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _judge_settings(raw: dict) -> JudgeSettings:
+    unknown = set(raw) - set(JudgeSettings.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"judge: unknown keys {sorted(unknown)}; known: {sorted(JudgeSettings.__dataclass_fields__)}")
+    defaults = JudgeSettings()
+    return JudgeSettings(**{k: type(getattr(defaults, k))(v) for k, v in raw.items()})
 
 
 def _resolve_path(p: str) -> str:
@@ -124,6 +178,8 @@ def parse_config(raw: dict) -> FlywheelConfig:
                 memory=str(c.get("memory", "8Gi")),
                 price_per_1m_tokens=float(c["price_per_1m_tokens"]),
                 build=dict(c.get("build") or {}),
+                price_per_1m_input_tokens=_opt_float(c.get("price_per_1m_input_tokens")),
+                price_per_1m_output_tokens=_opt_float(c.get("price_per_1m_output_tokens")),
             )
             for name, c in raw["candidates"].items()
         }
@@ -163,6 +219,13 @@ def parse_config(raw: dict) -> FlywheelConfig:
             training_profiles=profiles,
             candidates=candidates,
             dags=dags,
+            production_price_per_1m_input_tokens=_opt_float(raw["production"].get("price_per_1m_input_tokens")),
+            production_price_per_1m_output_tokens=_opt_float(raw["production"].get("price_per_1m_output_tokens")),
+            slice_floor=float(raw["evaluation"].get("slice_floor", 0.0)),
+            max_unscored_share=float(raw["evaluation"].get("max_unscored_share", 0.1)),
+            calibration_pass_mark=float(raw["evaluation"].get("calibration_pass_mark", 0.5)),
+            gpu_price_per_hour=float((raw.get("costs") or {}).get("gpu_price_per_hour", 0.0)),
+            judge=_judge_settings(raw.get("judge") or {}),
         )
     except KeyError as exc:
         raise ConfigError(f"flywheel config is missing the key {exc}") from exc
@@ -173,8 +236,11 @@ def parse_config(raw: dict) -> FlywheelConfig:
         for s in dag.strategies:
             if s not in STRATEGIES:
                 raise ConfigError(f"dags.{dag.dag_id}.strategies: {s!r} is not one of {STRATEGIES}")
-    if not 0.0 <= cfg.threshold <= 1.0:
-        raise ConfigError("evaluation.threshold must be in [0, 1]")
+    for key in ("threshold", "slice_floor", "max_unscored_share", "calibration_pass_mark"):
+        if not 0.0 <= getattr(cfg, key) <= 1.0:
+            raise ConfigError(f"evaluation.{key} must be in [0, 1]")
+    if cfg.judge.position not in ("both", "random"):
+        raise ConfigError(f"judge.position must be 'both' or 'random', not {cfg.judge.position!r}")
     return cfg
 
 

@@ -195,8 +195,10 @@ def print_leaderboard(socket_dir: Path, run_key: str | None = None) -> str | Non
     finally:
         conn.close()
     cfg = load_config()
-    threshold = params[0]["params"].get("threshold", cfg.threshold) if params else cfg.threshold
-    print(render_leaderboard(rows, cfg, run_key=run_key, threshold=threshold), flush=True)
+    plan = params[0]["params"] if params else {}
+    threshold = plan.get("threshold", cfg.threshold)
+    print(render_leaderboard(rows, cfg, run_key=run_key, threshold=threshold, slice_floor=plan.get("slice_floor")),
+          flush=True)
     return run_key
 
 

@@ -35,3 +35,23 @@ def test_leaderboard_and_review_text():
     request = review_request(pick_winners(ROWS, cfg, 0.8)[0], "flywheel_on_demand/r1", cfg, 0.8)
     assert request["subject"] == "Deploy tiny-lm-1.6m (lora) for tool_router?"
     assert "0.910" in request["body"] and "flywheel_on_demand/r1" in request["body"]
+
+
+def test_leaderboard_shows_cost_savings_tool_metrics_and_judge():
+    cfg = load_config()
+    row = {**_row("tool_router", "tiny-lm-1.6m", "lora", 0.9, 0.0015), "n_items": 20, "worst_slice": "refund",
+           "worst_slice_score": 0.75, "worst_slice_n": 4, "prod_cost_per_1k": 0.384, "monthly_savings": 11.21,
+           "payback_days": 3.35, "training_cost": 1.25, "requests_per_month": 30000,
+           "tool_metrics": {"n": 20, "name_accuracy": 1.0, "exact_match": 0.85, "arg_accuracy": 0.9},
+           "judge": {"model": "judge-70b", "prompt_version": "v1", "calls": 40, "cached": 10, "both_orders": 20,
+                     "order_agreement": 0.95, "prompt_tokens": 1000, "completion_tokens": 100, "cost_usd": 0.01},
+           "unscored": {}, "judge_kappa": 0.71, "judge_spearman": 0.8, "judge_calibration_n": 50}
+    text = render_leaderboard([row], cfg, run_key="r", threshold=0.8, slice_floor=0.5)
+    assert "refund 0.75 (n=4)" in text and "$0.3840" in text and "$11.21" in text and "3.4 d" in text
+    assert "to review" in text and "vs prod" not in text  # no constant price ratio any more
+    assert "function name" in text and "85%" in text and "90%" in text
+    assert "judge-70b" in text and "order agreement 95% of 20" in text and "kappa 0.71" in text
+    (winner,) = pick_winners([row], cfg, threshold=0.8, slice_floor=0.5)
+    body = review_request(winner, "r", cfg, 0.8, 0.5)["body"]
+    assert "projected saving $11.21 per month at 30,000 requests/month" in body
+    assert "paid back in 3.4 d" in body and "name and arguments 85%" in body and "kappa 0.71" in body

@@ -10,8 +10,14 @@ from flywheel.scoring import (
     SCORER_DESCRIPTIONS,
     TOOL_CALL_EXACT,
     ItemScore,
-    aggregate,
+    LLM_JUDGE,
+    TOOL_CALL_JUDGED,
+    FreeText,
+    canonical,
     describe,
+    method_for,
+    plan_scores,
+    tool_metrics,
     message_text,
     score_items,
     score_json_fields,
@@ -58,22 +64,22 @@ WEATHER = call("get_weather", {"city": "Paris", "unit": "celsius"})
 def test_exact_tool_call_scores_one():
     result = score_tool_calls(tool_msg(WEATHER), tool_msg(WEATHER))
     assert result == ItemScore(1.0, TOOL_CALL_EXACT, result.detail)
-    assert result.detail["name_match"] == [True]
-    assert result.detail["args_match"] == [1.0]
+    assert result.detail["name_match"] is True and result.detail["exact_match"] is True
+    assert result.detail["args_matched"] == result.detail["args_total"] == 2
 
 
 def test_half_the_arguments_right_scores_three_quarters():
     candidate = tool_msg(call("get_weather", {"city": "Paris", "unit": "fahrenheit"}))
     result = score_tool_calls(tool_msg(WEATHER), candidate)
     assert result.score == 0.75
-    assert result.detail["args_match"] == [0.5]
+    assert (result.detail["args_matched"], result.detail["args_total"]) == (1, 2)
 
 
 def test_wrong_tool_scores_zero_even_with_the_same_arguments():
     candidate = tool_msg(call("get_forecast", {"city": "Paris", "unit": "celsius"}))
     result = score_tool_calls(tool_msg(WEATHER), candidate)
     assert result.score == 0.0
-    assert result.detail["name_match"] == [False]
+    assert result.detail["name_match"] is False
 
 
 def test_argument_order_does_not_matter():
@@ -92,7 +98,7 @@ def test_malformed_arguments_get_name_credit_only():
     candidate = tool_msg(call("get_weather", '{"city": "Paris", "unit": '))
     result = score_tool_calls(tool_msg(WEATHER), candidate)
     assert result.score == 0.5
-    assert result.detail["malformed_arguments"] == [0]
+    assert result.detail["malformed_arguments"] == 1
 
 
 def test_extra_and_missing_calls_count_as_misses():
@@ -147,13 +153,11 @@ def test_unparsable_candidate_scores_zero_with_a_reason():
     assert "not a JSON object" in result.detail["reason"]
 
 
-def test_unparsable_reference_falls_back_to_embedding(minilm):
-    result = score_json_fields(text_msg("ACME Corp, 12.50 EUR"), text_msg("ACME Corp, 12.50 EUR"), minilm)
-    assert result.method == EMBEDDING_COSINE
-    assert result.score == pytest.approx(1.0, abs=1e-5)
-    assert "not a JSON object" in result.detail["fallback"]
-    with pytest.raises(ValueError, match="embedder"):
-        score_json_fields(text_msg("not json"), text_msg("x"))
+def test_unparsable_reference_is_compared_as_whole_text_by_the_same_scorer():
+    same = score_json_fields(text_msg("ACME Corp, 12.50 EUR"), text_msg(" acme corp,  12.50 eur"))
+    assert (same.method, same.score) == (JSON_FIELD_EXACT, 1.0)
+    assert "not a JSON object" in same.detail["reason"]
+    assert score_json_fields(text_msg("not json"), text_msg("x")).score == 0.0
 
 
 # --- free text ----------------------------------------------------------------------------------
@@ -211,18 +215,18 @@ def test_score_items_batches_all_text_into_one_embed_call(minilm):
     assert scores[2].score == 0.0
 
 
-def test_score_items_json_mixes_exact_and_fallback(minilm):
+def test_score_items_json_never_mixes_scorers(minilm):
     counting = CountingEmbedder(minilm)
     pairs = [
         (INVOICE, INVOICE),
         (text_msg("no json here"), text_msg("no json here either")),
         (INVOICE, text_msg("{")),
     ]
-    exact, fallback, broken = score_items("json_extraction", pairs, counting)
+    exact, whole_text, broken = score_items("json_extraction", pairs, counting)
     assert (exact.score, exact.method) == (1.0, JSON_FIELD_EXACT)
-    assert fallback.method == EMBEDDING_COSINE and "fallback" in fallback.detail
+    assert (whole_text.score, whole_text.method) == (0.0, JSON_FIELD_EXACT)
     assert (broken.score, broken.method) == (0.0, JSON_FIELD_EXACT)
-    assert len(counting.calls) == 1
+    assert counting.calls == []  # no embedding stand-in inside a JSON experiment
 
 
 def test_score_items_tool_calling_needs_no_embedder():
@@ -232,31 +236,88 @@ def test_score_items_tool_calling_needs_no_embedder():
         score_items("summarisation", [], None)
 
 
-# --- aggregation --------------------------------------------------------------------------------
-
-
-def test_aggregate_mean_and_deterministic_ci():
-    scores = [ItemScore(v, TOOL_CALL_EXACT, {}) for v in [1.0, 0.75, 0.5, 1.0, 0.0, 1.0, 0.25, 1.0]]
-    result = aggregate(scores, seed=0)
-    assert result.mean == pytest.approx(0.6875)
-    assert result.n == 8
-    assert result.method == TOOL_CALL_EXACT
-    assert 0.0 <= result.ci_low < result.mean < result.ci_high <= 1.0
-    assert aggregate(scores, seed=0) == result
-    assert aggregate(scores, seed=1) != result
-
-
-def test_aggregate_edge_cases():
-    empty = aggregate([])
-    assert (empty.mean, empty.n, empty.ci_low, empty.ci_high) == (None, 0, None, None)
-    single = aggregate([ItemScore(0.4, EMBEDDING_COSINE, {})])
-    assert (single.mean, single.ci_low, single.ci_high) == (0.4, 0.4, 0.4)
-    mixed = aggregate([ItemScore(1.0, JSON_FIELD_EXACT, {}), ItemScore(0.5, EMBEDDING_COSINE, {})])
-    assert mixed.method == "embedding_cosine+json_field_exact"
-    assert "no judge" in describe(mixed.method) and "MiniLM" in describe(mixed.method)
+# --- one scorer per experiment --------------------------------------------------------------------
 
 
 def test_every_method_is_described():
-    assert set(SCORER_DESCRIPTIONS) == {TOOL_CALL_EXACT, JSON_FIELD_EXACT, EMBEDDING_COSINE}
+    assert set(SCORER_DESCRIPTIONS) == {TOOL_CALL_EXACT, JSON_FIELD_EXACT, EMBEDDING_COSINE, TOOL_CALL_JUDGED,
+                                        "json_field_judged", LLM_JUDGE}
     for method, text in SCORER_DESCRIPTIONS.items():
         assert text.startswith(method + ":") and "\n" not in text
+        assert describe(method) == text
+
+
+def test_method_is_chosen_per_experiment():
+    assert method_for("chat", judge=False) == EMBEDDING_COSINE
+    assert method_for("chat", judge=True) == LLM_JUDGE
+    assert method_for("tool_calling", judge=True) == TOOL_CALL_JUDGED
+    with pytest.raises(ValueError, match="unknown workload kind"):
+        method_for("summarisation", judge=True)
+
+
+# --- exact tool-calling metrics ---------------------------------------------------------------------
+
+
+def test_type_normalisation_of_argument_values():
+    assert canonical(7) == canonical(7.0) == canonical("7") == canonical(" 7.0 ")
+    assert canonical(True) == canonical("true") == canonical("True")
+    assert canonical(True) != canonical(1) and canonical(False) != canonical(0)
+    assert canonical({"a": 1, "b": [1, "x"]}) == canonical({"b": [1.0, "x"], "a": "1"})
+    assert canonical("A-100") != canonical("a-100")  # ids keep their case
+    assert canonical(None) != canonical("null") and canonical("nan") == ("str", "nan")
+
+
+@pytest.mark.parametrize("candidate, name, exact, matched", [
+    (tool_msg(call("refund", {"order_id": "A-1", "amount": 12.5, "notify": True})), True, True, 3),
+    # numbers as strings, booleans as strings, keys reordered: still exact
+    (tool_msg(call("refund", '{"notify": "true", "amount": "12.50", "order_id": "A-1"}')), True, True, 3),
+    (tool_msg(call("refund", {"order_id": "A-2", "amount": 12.5, "notify": True})), True, False, 2),
+    (tool_msg(call("refund", {"order_id": "A-1", "amount": 12.5, "notify": True, "extra": 1})), True, False, 3),
+    (tool_msg(call("cancel", {"order_id": "A-1", "amount": 12.5, "notify": True})), False, False, 0),
+    (tool_msg(call("refund", '{"order_id": "A-1", ')), True, False, 0),
+    (text_msg("I will refund you."), False, False, 0),
+    (None, False, False, 0),
+])
+def test_tool_metrics_on_hand_made_cases(candidate, name, exact, matched):
+    reference = tool_msg(call("refund", {"order_id": "A-1", "amount": 12.5, "notify": True}))
+    m = tool_metrics(reference, candidate)
+    assert (m.name_match, m.exact_match, m.args_matched, m.args_total) == (name, exact, matched, 3)
+
+
+def test_tool_metrics_sequences_and_no_calls():
+    a, b = call("a", {"x": 1}), call("b", {})
+    assert tool_metrics(tool_msg(a, b), tool_msg(a, b)).exact_match
+    swapped = tool_metrics(tool_msg(a, b), tool_msg(b, a))
+    assert not swapped.name_match and swapped.args_matched == 0
+    missing = tool_metrics(tool_msg(a, b), tool_msg(a))
+    assert not missing.name_match and missing.args_matched == 1
+    none = tool_metrics(text_msg("hi"), text_msg("hello"))
+    assert none.name_match and none.exact_match and none.args_total == 0
+
+
+def test_judge_plans_grade_only_free_text_arguments():
+    reference = tool_msg(call("reply", {"ticket": 42, "message": "Your refund was sent to your card today."}))
+    candidate = tool_msg(call("reply", {"ticket": "42", "message": "We refunded your card today."}))
+    (plan,) = plan_scores("tool_calling", [(reference, candidate)], judge=True)
+    assert plan.method == TOOL_CALL_JUDGED
+    (free,) = plan.free_text
+    assert free == FreeText("Your refund was sent to your card today.", "We refunded your card today.",
+                            "argument message of reply")
+    assert plan.resolve({id(free): 0.8}).score == pytest.approx(0.5 + 0.25 * 1 + 0.25 * 0.8)
+    unscored = plan.resolve({}, {id(free): "judge: refusal"})
+    assert unscored.score is None and unscored.failure == "judge: refusal"
+    # Without a judge the same item is exact throughout: the message differs, so it gets no credit.
+    (exact,) = plan_scores("tool_calling", [(reference, candidate)], judge=False)
+    assert exact.free_text == [] and exact.resolve({}).score == pytest.approx(0.75)
+
+
+def test_judge_plans_for_chat_and_json():
+    (chat,) = plan_scores("chat", [(text_msg("Paris is the capital."), text_msg("It is Paris."))], judge=True)
+    assert chat.method == LLM_JUDGE and [f.what for f in chat.free_text] == ["answer"]
+    (empty,) = plan_scores("chat", [(text_msg("Paris."), text_msg("  "))], judge=True)
+    assert empty.free_text == [] and empty.resolve({}).score == 0.0
+    ref = text_msg('{"vendor": "ACME", "note": "pay within thirty days please", "total": 3}')
+    cand = text_msg('{"vendor": "acme", "note": "payment due in 30 days", "total": "3.0"}')
+    (js,) = plan_scores("json_extraction", [(ref, cand)], judge=True)
+    assert [f.what for f in js.free_text] == ["field note"]
+    assert js.resolve({id(js.free_text[0]): 1.0}).score == pytest.approx(1.0)

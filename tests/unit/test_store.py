@@ -81,9 +81,13 @@ def test_scores_must_be_in_unit_interval(flywheel_db):
     exp = {"run_key": key, "workload_id": "w", "candidate": "c", "strategy": "base"}
     store.execute(flywheel_db, "upsert_experiment", {**exp, "status": "planned", "backend": "local", "gpus": 1})
     item = {**exp, "item_id": "1", "slice": "text", "method": "embedding_cosine", "score": 1.5,
+            "score_vs_prod": 1.5, "score_vs_gold": None, "reference_source": "production", "failure": None,
             "reference": "a", "prediction": "b", "detail": {}}
     with pytest.raises(Exception, match="violates check constraint"):
         store.execute(flywheel_db, "upsert_evaluation", item)
+    # An item may go unscored only with the reason why.
+    with pytest.raises(Exception, match="evaluations_scored_or_failed"):
+        store.execute(flywheel_db, "upsert_evaluation", {**item, "score": None, "score_vs_prod": None})
 
 
 def test_hostile_values_are_data_not_sql(flywheel_db):

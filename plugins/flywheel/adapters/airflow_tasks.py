@@ -68,6 +68,7 @@ def register_run(
         "strategies": strategies,
         "eval_size": int(params.get("eval_size") or profile.eval_size),
         "threshold": float(params["threshold"]) if params.get("threshold") is not None else cfg.threshold,
+        "slice_floor": float(params["slice_floor"]) if params.get("slice_floor") is not None else cfg.slice_floor,
         "min_records": int(params.get("min_records") or cfg.min_records),
         "training_profile": params.get("training_profile") or os.environ.get("FLYWHEEL_TRAINING_PROFILE") or None,
     }
@@ -189,32 +190,85 @@ def _output_uri(job: dict[str, Any]) -> str:
     return job["outputs"]["predictions"].rsplit("/", 1)[0]
 
 
+JUDGE_CONN_ID = os.environ.get("FLYWHEEL_JUDGE_CONN_ID", "flywheel_judge")
+
+
+def judge_endpoint():
+    """The judge endpoint of the ``flywheel_judge`` connection, or None when there is none."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from flywheel.adapters.judge_client import endpoint_from_connection
+
+    try:
+        conn = BaseHook.get_connection(JUDGE_CONN_ID)
+    except AirflowNotFoundException:
+        return None
+    return endpoint_from_connection(host=conn.host, port=conn.port, schema=conn.schema, password=conn.password,
+                                    extra=conn.extra_dejson, conn_id=JUDGE_CONN_ID)
+
+
+def make_scorer(cfg: FlywheelConfig, conn):
+    """The judge when the connection exists (replies cached in PostgreSQL), else the deterministic
+    scorers: one or the other for a whole experiment, never a mix."""
+    from flywheel.evaluation import Scorer
+
+    endpoint = judge_endpoint()
+    if endpoint is None:
+        return Scorer(embedder=embedder())
+    from flywheel.adapters.judge_client import JudgeClient
+    from flywheel.adapters.postgres_eval import PostgresJudgeCache
+
+    client = JudgeClient(endpoint, cfg.judge, PostgresJudgeCache(conn))
+    return Scorer(judge=client.run, judge_model=endpoint.model, prompt_version=cfg.judge.prompt_version,
+                  judge_price_in=cfg.judge.price_per_1m_input_tokens,
+                  judge_price_out=cfg.judge.price_per_1m_output_tokens)
+
+
 def evaluate_experiment(job: dict[str, Any], cfg: FlywheelConfig | None = None) -> dict[str, Any]:
-    """Score the job's predictions; the experiment succeeds only once it is scored."""
+    """Score and price the job's predictions; the experiment succeeds only once it is scored."""
     import json
     from pathlib import Path
 
+    from flywheel.adapters import postgres_eval
     from flywheel.adapters.jobs import evaluate_job_output
     from flywheel.experiments import ExperimentSpec
 
     cfg = cfg or load_config()
     spec = ExperimentSpec.from_dict(job["experiment"])
     metrics = json.loads((Path(job["spec"]["output_dir"]) / "metrics.json").read_text())
+    gpus = int(job.get("gpus") or 1)
     seconds = float(metrics.get("train_seconds") or 0) + float(metrics.get("generate_seconds") or 0)
-    items, result = evaluate_job_output(spec, job, cfg, embedder())
+    training = float(metrics.get("train_seconds") or 0) * gpus if spec.strategy == "lora" else None
     conn = get_conn()
     try:
-        store.execute_many(conn, "upsert_evaluation", items)
-        store.execute(conn, "upsert_experiment_score", {**spec.key, **result.to_dict()})
+        window = postgres_eval.run_window(conn, spec.run_key, spec.workload_id)
+        span = None
+        if window and window.get("n_records") is not None:
+            days = (window["interval_end"] - window["interval_start"]).total_seconds() / 86400
+            span = (int(window["n_records"]), days)
+        scorer = make_scorer(cfg, conn)
+        evaluation, traffic = evaluate_job_output(spec, job, cfg, scorer, gold=postgres_eval.gold_index(conn, spec.workload_id),
+                                                  window=span, training_gpu_seconds=training)
+        if traffic is not None:
+            postgres_eval.save_traffic(conn, spec.run_key, traffic)
+        postgres_eval.save_evaluation(conn, spec.key, evaluation)
         store.execute(conn, "finish_experiment", {
-            **spec.key, "status": "succeeded", "gpu_seconds": round(seconds * int(job.get("gpus") or 1), 3),
+            **spec.key, "status": "succeeded", "gpu_seconds": round(seconds * gpus, 3),
             "output_uri": _output_uri(job), "metrics": metrics, "error": None,
         })
     finally:
         conn.close()
-    log.info("%s: %s = %s (n=%d, 95%% CI %s-%s), %.5f $/1k requests", spec.label, result.method,
-             result.score, result.n, result.ci_low, result.ci_high, result.cost_per_1k)
-    return {**spec.key, **result.to_dict()}
+    r = evaluation.result
+    log.info("%s: %s (%s) = %s (n=%d of %d, 95%% CI %s-%s; worst slice %s %s; vs gold %s on %d), "
+             "%.5f $/1k requests vs production %s, saving/month %s", spec.label, r.method, scorer.label, r.score, r.n,
+             r.n_items, r.ci_low, r.ci_high, r.worst_slice, r.worst_slice_score, r.score_vs_gold, r.n_gold,
+             r.cost_per_1k, r.cost.prod_cost_per_1k, r.cost.monthly_savings)
+    if r.unscored:
+        log.warning("%s: items the judge could not score: %s", spec.label, r.unscored)
+    return {**spec.key, "method": r.method, "scorer": r.scorer, "n": r.n, "score": r.score, "ci_low": r.ci_low,
+            "ci_high": r.ci_high, "worst_slice": r.worst_slice, "worst_slice_score": r.worst_slice_score,
+            "cost_per_1k": r.cost_per_1k, "monthly_savings": r.cost.monthly_savings}
 
 
 def leaderboard_rows(run_key: str) -> list[dict[str, Any]]:
@@ -231,11 +285,13 @@ def publish_leaderboard(plan: dict[str, Any], cfg: FlywheelConfig | None = None)
 
     cfg = cfg or load_config()
     rows = leaderboard_rows(plan["run_key"])
-    log.info("\n%s", render_leaderboard(rows, cfg, run_key=plan["run_key"], threshold=plan["threshold"]))
-    winners = pick_winners(rows, cfg, plan["threshold"])
+    floor = plan.get("slice_floor")
+    log.info("\n%s", render_leaderboard(rows, cfg, run_key=plan["run_key"], threshold=plan["threshold"],
+                                        slice_floor=floor))
+    winners = pick_winners(rows, cfg, plan["threshold"], floor)
     if not winners:
-        log.info("No candidate reached the threshold %.2f: nothing to review.", plan["threshold"])
-    return [{"winner": w, **review_request(w, plan["run_key"], cfg, plan["threshold"])} for w in winners]
+        log.info("No candidate passed the review gate (threshold %.2f): nothing to review.", plan["threshold"])
+    return [{"winner": w, **review_request(w, plan["run_key"], cfg, plan["threshold"], floor)} for w in winners]
 
 
 def deploy_decision(plan: dict[str, Any], request: dict[str, Any], decision: dict[str, Any],

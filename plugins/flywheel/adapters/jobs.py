@@ -15,7 +15,9 @@ from typing import Any
 
 from flywheel.adapters import object_storage as artifacts
 from flywheel.config import Candidate, FlywheelConfig, LoraParams
-from flywheel.evaluation import ExperimentResult, evaluate
+from flywheel.costs import WorkloadTraffic
+from flywheel.evaluation import Evaluation, Prediction, Scorer, evaluate
+from flywheel.gold import GoldIndex
 from flywheel.experiments import TRAINER_SPEC_VERSION, ExperimentSpec
 from flywheel.gpu_job import GpuJob
 
@@ -126,29 +128,53 @@ def _model_fingerprint(model_path: str) -> str:
     return model_path
 
 
-def load_predictions(output_dir: str | Path) -> dict[str, str]:
+def load_predictions(output_dir: str | Path) -> dict[str, Prediction]:
+    """The trainer's predictions.jsonl by item id (token counts kept when the generator wrote them)."""
     path = Path(output_dir) / "predictions.jsonl"
     preds = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             row = json.loads(line)
-            preds[str(row["id"])] = str(row.get("output") or "")
+            preds[str(row["id"])] = Prediction(
+                id=str(row["id"]), output=str(row.get("output") or ""),
+                prompt_tokens=_count(row.get("prompt_tokens")), completion_tokens=_count(row.get("completion_tokens")),
+                latency_s=row.get("latency_s") if isinstance(row.get("latency_s"), (int, float)) else None,
+            )
     return preds
 
 
-def evaluate_job_output(spec: ExperimentSpec, job: dict[str, Any], cfg: FlywheelConfig, embedder) -> tuple[list[dict], ExperimentResult]:
-    """Load what the GPU job read and wrote, then score it."""
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def evaluate_job_output(spec: ExperimentSpec, job: dict[str, Any], cfg: FlywheelConfig, scorer: Scorer, *,
+                        gold: GoldIndex | None = None, window: tuple[int, float] | None = None,
+                        training_gpu_seconds: float | None = None) -> tuple[Evaluation, WorkloadTraffic | None]:
+    """Load what the GPU job read and wrote, then score and price it.
+
+    ``window`` = (the workload's requests in the run's data interval, the interval in days): with
+    the production usage logged in the dataset's responses, the base of the savings figures.
+    """
+    from flywheel.costs import workload_traffic
     from flywheel.icl import token_counter
 
     rows = artifacts.read_jsonl(spec.dataset_uri)
+    traffic = None
+    if window is not None and window[1] > 0:
+        traffic = workload_traffic(spec.workload_id, (r.get("response") for r in rows), requests_in_window=window[0],
+                                   window_days=window[1], prices=cfg.production_prices)
     eval_prompts = {str(r["id"]): r["prompt"] for r in artifacts.read_jsonl(job["inputs"]["eval"])}
     predictions = load_predictions(job["spec"]["output_dir"])
-    return evaluate(
+    evaluation = evaluate(
         spec,
         rows=rows,
         eval_prompts=eval_prompts,
         predictions=predictions,
         cfg=cfg,
+        scorer=scorer,
         count_tokens=token_counter(cfg.candidates[spec.candidate].model_path),
-        embedder=embedder,
+        gold=gold,
+        traffic=traffic,
+        training_gpu_seconds=training_gpu_seconds,
     )
+    return evaluation, traffic
