@@ -29,6 +29,9 @@ DEMO_DAG = "flywheel_on_demand"
 # cannot reach the production threshold (0.80). The demo run asks for a lower one through the
 # on-demand form, and says so, so that the review step has something to show.
 DEMO_THRESHOLD = 0.4
+# Its slices (one per tool) score about 0.5 each for the same reason: the production floor (0.5)
+# would hold every toy candidate back, so the demo asks for 0.3.
+DEMO_SLICE_FLOOR = 0.3
 
 
 def say(msg: str) -> None:
@@ -217,9 +220,10 @@ def cmd_demo(args) -> int:
     with Step(f"Triggering {DEMO_DAG}"):
         api.wait_for_dag(DEMO_DAG)
         api.unpause(DEMO_DAG)
-        run = api.trigger(DEMO_DAG, conf={"threshold": DEMO_THRESHOLD})
-        say(f"run {run['dag_run_id']} (review threshold {DEMO_THRESHOLD} for the toy student; "
-            f"production default {load_config().threshold})")
+        run = api.trigger(DEMO_DAG, conf={"threshold": DEMO_THRESHOLD, "slice_floor": DEMO_SLICE_FLOOR})
+        cfg = load_config()
+        say(f"run {run['dag_run_id']} (review threshold {DEMO_THRESHOLD} and slice floor {DEMO_SLICE_FLOOR} for the "
+            f"toy student; production defaults {cfg.threshold} and {cfg.slice_floor})")
     with Step("Flywheel run (discover -> curate -> experiments -> evaluate -> leaderboard -> review)"):
         state = follow_run(api, DEMO_DAG, run["dag_run_id"], timeout=args.timeout)
     print()

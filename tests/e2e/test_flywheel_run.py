@@ -24,7 +24,8 @@ def test_full_flywheel_run(e2e_stack):
     api.wait_for_dag(DAG_ID)
     api.unpause(DAG_ID)
     run = api.trigger(DAG_ID, conf={"candidates": [CANDIDATE, BROKEN], "strategies": STRATEGIES,
-                                    "eval_size": 20, "threshold": 0.4})
+                                    "eval_size": 20, "threshold": 0.4,
+                                    "slice_floor": 0.3})
     run_id = run["dag_run_id"]
     run_key = f"{DAG_ID}/{run_id}"
     state = cli.follow_run(api, DAG_ID, run_id, timeout=1500, interval=3)
