@@ -39,6 +39,9 @@ def overlap_score(reference: str, candidate: str) -> int:
 
 class RuleJudgeServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 makes the 6th simultaneous connect wait for a SYN retry
+    # (a second or more): a judge client at concurrency 32 would measure the backlog, not itself.
+    request_queue_size = 256
 
     def __init__(self, port: int = 0, *, latency_s: float = 0.0, structured: bool = True, position_bias: int = 0):
         super().__init__(("127.0.0.1", port), _Handler)
@@ -78,6 +81,9 @@ class RuleJudgeServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: RuleJudgeServer
     protocol_version = "HTTP/1.1"
+    # Headers and body go out as two writes; with Nagle's algorithm the body would wait for the
+    # client's delayed ACK (~40 ms a response) on a kept-alive connection.
+    disable_nagle_algorithm = True
 
     def log_message(self, *args) -> None:  # quiet
         pass
