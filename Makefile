@@ -54,6 +54,7 @@ reject: ## reject every pending review
 
 bench: install ## benchmarks (ratios measured side by side in one run)
 	$(PY) bench/bench_scoring.py
+	$(PY) bench/bench_judge.py
 
 leaderboard:
 	$(PY) -m flywheel_local.cli leaderboard
