@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: demo test install constraints models bench stop status approve reject leaderboard clean
+.PHONY: demo test install constraints models bench stop status approve reject leaderboard clean import
 
 demo: install ## set up everything, run the flywheel on demo logs, print the leaderboard
 	$(PY) -m flywheel_local.cli demo
@@ -58,6 +58,10 @@ bench: install ## benchmarks (ratios measured side by side in one run)
 
 leaderboard:
 	$(PY) -m flywheel_local.cli leaderboard
+
+import: install ## import production logs: make import FILES="a.jsonl b.jsonl.gz"
+	@test -n "$(FILES)" || { echo 'usage: make import FILES="logs.jsonl more.jsonl.gz"'; exit 2; }
+	$(PY) -m flywheel_local.cli logs import $(FILES)
 
 clean: stop ## remove all local state (database, models, artifacts); keeps the virtualenv
 	rm -rf .flywheel

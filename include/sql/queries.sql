@@ -2,17 +2,26 @@
 -- named placeholders, never string formatting.
 
 -- name: count_by_workload
-SELECT workload_id, count(*) AS n
+-- Usable records per workload: distinct normalized requests (what survives dedup); rows stored
+-- before request keys existed count one each.
+SELECT workload_id, count(DISTINCT request_key) + count(*) FILTER (WHERE request_key IS NULL) AS n
 FROM production_logs
 WHERE workload_id IS NOT NULL AND ts >= %(start)s AND ts < %(end)s
 GROUP BY workload_id
 ORDER BY workload_id;
 
--- name: fetch_workload_logs
-SELECT source || ':' || line_no AS source_ref, raw
+-- name: scan_workload_logs
+-- Pass 1 of curation: every record of a workload in the window, oldest first (server-side cursor).
+SELECT id, CASE WHEN line_no IS NULL THEN source || '#' || id ELSE source || ':' || line_no END AS source_ref, raw, redacted
 FROM production_logs
 WHERE workload_id = %(workload_id)s AND ts >= %(start)s AND ts < %(end)s
 ORDER BY ts, id;
+
+-- name: fetch_logs_by_id
+-- Pass 3 of curation: the kept records again, by row id.
+SELECT id, CASE WHEN line_no IS NULL THEN source || '#' || id ELSE source || ':' || line_no END AS source_ref, raw, redacted
+FROM production_logs
+WHERE id = ANY(%(ids)s);
 
 -- name: upsert_run
 INSERT INTO runs (run_key, dag_id, airflow_run_id, interval_start, interval_end, params)
@@ -28,16 +37,18 @@ SET n_records = EXCLUDED.n_records, selected = EXCLUDED.selected, reason = EXCLU
 
 -- name: upsert_dataset
 INSERT INTO datasets (run_key, workload_id, kind, n_in, n_accepted, n_quarantined, n_duplicates,
-                      n_eval, n_train, n_val, usable, reason, pii, dataset_hash, uri)
+                      n_eval, n_train, n_val, n_over_limit, usable, reason, pii, dataset_hash, uri,
+                      class_counts, warnings)
 VALUES (%(run_key)s, %(workload_id)s, %(kind)s, %(n_in)s, %(n_accepted)s, %(n_quarantined)s,
-        %(n_duplicates)s, %(n_eval)s, %(n_train)s, %(n_val)s, %(usable)s, %(reason)s, %(pii)s,
-        %(dataset_hash)s, %(uri)s)
+        %(n_duplicates)s, %(n_eval)s, %(n_train)s, %(n_val)s, %(n_over_limit)s, %(usable)s, %(reason)s,
+        %(pii)s, %(dataset_hash)s, %(uri)s, %(class_counts)s, %(warnings)s)
 ON CONFLICT (run_key, workload_id) DO UPDATE
 SET kind = EXCLUDED.kind, n_in = EXCLUDED.n_in, n_accepted = EXCLUDED.n_accepted,
     n_quarantined = EXCLUDED.n_quarantined, n_duplicates = EXCLUDED.n_duplicates,
     n_eval = EXCLUDED.n_eval, n_train = EXCLUDED.n_train, n_val = EXCLUDED.n_val,
-    usable = EXCLUDED.usable, reason = EXCLUDED.reason, pii = EXCLUDED.pii,
-    dataset_hash = EXCLUDED.dataset_hash, uri = EXCLUDED.uri, created_at = now();
+    n_over_limit = EXCLUDED.n_over_limit, usable = EXCLUDED.usable, reason = EXCLUDED.reason,
+    pii = EXCLUDED.pii, dataset_hash = EXCLUDED.dataset_hash, uri = EXCLUDED.uri,
+    class_counts = EXCLUDED.class_counts, warnings = EXCLUDED.warnings, created_at = now();
 
 -- name: insert_quarantine
 INSERT INTO quarantine (run_key, stage, source_ref, workload_id, reason, field, detail)
@@ -153,10 +164,38 @@ SELECT %(workload_id)s, COALESCE(max(version), 0) + 1, %(candidate)s, %(strategy
 FROM deployments WHERE workload_id = %(workload_id)s
 RETURNING id, workload_id, version, candidate, strategy, status;
 
+-- ---------------------------------------------------------------- logs in (issue 6)
+
 -- name: insert_log
-INSERT INTO production_logs (source, line_no, ts, workload_id, raw)
-VALUES (%(source)s, %(line_no)s, %(ts)s, %(workload_id)s, %(raw)s)
-ON CONFLICT (source, line_no) DO NOTHING;
+-- A record already stored (same content hash) is not stored again.
+INSERT INTO production_logs (source, line_no, ts, workload_id, client_id, raw, record_hash, request_key,
+                             redacted, import_id)
+VALUES (%(source)s, %(line_no)s, %(ts)s, %(workload_id)s, %(client_id)s, %(raw)s, %(record_hash)s,
+        %(request_key)s, %(redacted)s, %(import_id)s)
+ON CONFLICT DO NOTHING
+RETURNING id;
+
+-- name: find_import
+SELECT id, name, imported_at, stored, lines FROM log_imports WHERE content_sha256 = %(content_sha256)s;
+
+-- name: insert_import
+INSERT INTO log_imports (content_sha256, name, lines, blank, stored, already_stored, quarantined, reasons,
+                         pii, redacted)
+VALUES (%(content_sha256)s, %(name)s, 0, 0, 0, 0, 0, '{}', '{}', %(redacted)s)
+RETURNING id;
+
+-- name: finish_import
+UPDATE log_imports
+SET lines = %(lines)s, blank = %(blank)s, stored = %(stored)s, already_stored = %(already_stored)s,
+    quarantined = %(quarantined)s, reasons = %(reasons)s, pii = %(pii)s
+WHERE id = %(id)s;
+
+-- name: purge_raw_logs
+-- Retention of raw (unredacted) records: logs.raw_retention_days.
+DELETE FROM production_logs WHERE NOT redacted AND ingested_at < %(before)s;
+
+-- name: count_logs_by_source
+SELECT count(*) AS n FROM production_logs WHERE source = %(source)s;
 
 -- ---- evaluation (issue 9): slices, traffic, judge cache, gold references, calibration ----------
 

@@ -105,6 +105,27 @@ class DagProfile:
 
 
 @dataclass(frozen=True)
+class ElasticsearchSource:
+    conn_id: str = "elasticsearch_default"
+    index: str = "flywheel"
+    page_size: int = 1000
+    keep_alive: str = "5m"
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """Where production logs are read from and how they are stored (see docs/logs.md)."""
+
+    source: str = "postgres"                # postgres | elasticsearch
+    redact_before_storage: bool = True      # False stores raw records (then retention applies)
+    raw_retention_days: int = 30            # raw records are deleted this many days after storage
+    elasticsearch: ElasticsearchSource = field(default_factory=ElasticsearchSource)
+
+
+LOG_SOURCES = ("postgres", "elasticsearch")
+
+
+@dataclass(frozen=True)
 class FlywheelConfig:
     production_model: str
     production_price_per_1m_tokens: float
@@ -132,11 +153,28 @@ class FlywheelConfig:
     calibration_pass_mark: float = 0.5  # judge and human agree on pass/fail at this score (kappa)
     gpu_price_per_hour: float = 0.0  # USD per GPU-hour, prices LoRA training
     judge: JudgeSettings = field(default_factory=JudgeSettings)
+    logs: LogSettings = field(default_factory=LogSettings)
+    max_records: int = 10_000
+    min_class_size: int = 5
+    stratify_key: str | None = None
+    dedup_on_answer: bool = False
+    curation_workers: int = 2
 
     @property
     def production_prices(self) -> Prices:
         return _prices(self.production_price_per_1m_tokens, self.production_price_per_1m_input_tokens,
                        self.production_price_per_1m_output_tokens)
+
+    def curation_settings(self, eval_size: int | None = None):
+        """The curation settings of a run (``eval_size`` from the run's form), validated."""
+        from flywheel.curation import CurationSettings
+
+        return CurationSettings(
+            eval_size=int(eval_size if eval_size is not None else self.eval_size), val_ratio=self.val_ratio,
+            seed=self.seed, min_train=self.min_train, max_records=self.max_records,
+            min_class_size=self.min_class_size, stratify_key=self.stratify_key,
+            dedup_on_answer=self.dedup_on_answer,
+        ).check()
 
     def lora_for_profile(self, profile: str | None) -> LoraParams:
         """LoRA hyper-parameters: production defaults, overridden by a named training profile."""
@@ -226,6 +264,12 @@ def parse_config(raw: dict) -> FlywheelConfig:
             calibration_pass_mark=float(raw["evaluation"].get("calibration_pass_mark", 0.5)),
             gpu_price_per_hour=float((raw.get("costs") or {}).get("gpu_price_per_hour", 0.0)),
             judge=_judge_settings(raw.get("judge") or {}),
+            logs=_log_settings(raw.get("logs") or {}),
+            max_records=int(raw["curation"].get("max_records", 10_000)),
+            min_class_size=int(raw["curation"].get("min_class_size", 5)),
+            stratify_key=raw["curation"].get("stratify_key") or None,
+            dedup_on_answer=bool(raw["curation"].get("dedup_on_answer", False)),
+            curation_workers=int(raw["curation"].get("workers", 2)),
         )
     except KeyError as exc:
         raise ConfigError(f"flywheel config is missing the key {exc}") from exc
@@ -241,7 +285,32 @@ def parse_config(raw: dict) -> FlywheelConfig:
             raise ConfigError(f"evaluation.{key} must be in [0, 1]")
     if cfg.judge.position not in ("both", "random"):
         raise ConfigError(f"judge.position must be 'both' or 'random', not {cfg.judge.position!r}")
+    from flywheel.curation import SettingsError
+
+    try:
+        cfg.curation_settings()
+    except SettingsError as exc:
+        raise ConfigError(f"curation: {exc}") from exc
     return cfg
+
+
+def _log_settings(raw: dict) -> LogSettings:
+    source = str(raw.get("source") or "postgres")
+    if source not in LOG_SOURCES:
+        raise ConfigError(f"logs.source is {source!r}; use one of {', '.join(LOG_SOURCES)}")
+    days = int(raw.get("raw_retention_days", 30))
+    if days < 1:
+        raise ConfigError("logs.raw_retention_days must be at least 1")
+    es = raw.get("elasticsearch") or {}
+    page = int(es.get("page_size", 1000))
+    if not 1 <= page <= 10_000:
+        raise ConfigError("logs.elasticsearch.page_size must be in [1, 10000] (Elasticsearch's max_result_window)")
+    return LogSettings(
+        source=source, redact_before_storage=bool(raw.get("redact_before_storage", True)), raw_retention_days=days,
+        elasticsearch=ElasticsearchSource(conn_id=str(es.get("conn_id", "elasticsearch_default")),
+                                          index=str(es.get("index", "flywheel")), page_size=page,
+                                          keep_alive=str(es.get("keep_alive", "5m"))),
+    )
 
 
 @lru_cache(maxsize=4)

@@ -1,23 +1,37 @@
-"""Step 2, curate: redact, dedup and split one workload's validated records.
+"""Step 2, curate: validate, dedup, split and redact one workload's records, in bounded memory.
 
-Records arrive already parsed (a ``LogRecord`` or a ``Rejection``, see ``flywheel.records``) and
-are consumed as a stream: rejections go to the quarantine, valid records are redacted *before*
-anything is kept (so no PII is ever held, hashed or written), then deduplicated exactly. Counts
-always add up: ``n_in == n_accepted + n_quarantined + n_duplicates``.
+Curation runs in two passes so that a million records never have to be held at once:
 
-The split is deterministic for a seed and does not depend on the order the records came in:
-the eval set is class-balanced (round-robin over classes, so a rare tool is represented), the
-validation set is stratified with scikit-learn when every class allows it.
+1. **scan** (:class:`Scan`): every record the source returns is validated (``flywheel.records``);
+   a rejection goes to the quarantine at once, a valid record leaves only a few numbers behind —
+   its dedup key (a 64-bit digest of the normalized request), its time, its class label and the
+   key to fetch it again. Nothing else of it is kept.
+2. **plan** (:func:`plan_splits`): dedup (the newest record of each normalized request wins),
+   the ``max_records`` newest survivors are kept (the blueprint's ``limit``), and the split is
+   decided on those keys alone: a class-balanced eval set, a validation set stratified by class
+   (rare classes merged into ``others``; a logged fallback when even that is impossible).
+3. **materialize** (:class:`Materializer`): only the kept records are fetched again, redacted
+   (the slow stage runs on what is kept, nothing else) and written as dataset rows, eval first.
+   Redaction can make two requests equal (two e-mail addresses become the same placeholder), so
+   the no-leakage rule is enforced again on the redacted text: a train/val record whose
+   normalized request equals an eval item's (or an earlier kept record's) is dropped as a
+   duplicate.
+
+Counts always add up: ``n_in == n_accepted + n_quarantined + n_duplicates`` and, for a usable
+dataset, ``n_accepted == n_eval + n_train + n_val + n_over_limit``.
+
+:func:`curate` runs the three steps on records held in memory (tests, small imports); the
+Airflow task streams them from the log source (``flywheel.adapters.airflow_tasks``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
-import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +39,335 @@ from flywheel.pii import Redactor, redact_record
 from flywheel.prompts import render_completion, render_prompt
 from flywheel.records import LogRecord, Rejection, class_label
 
+log = logging.getLogger(__name__)
+
 SPLITS = ("eval", "train", "val")
 MIN_EVAL = 2  # an eval set of one item says nothing about a candidate
+OTHERS = "others"
+
+
+class SettingsError(ValueError):
+    """A curation setting is out of range; the message names the setting and the allowed values."""
+
+
+@dataclass(frozen=True)
+class CurationSettings:
+    """How one workload's dataset is cut. Defaults are the blueprint's (eval 20, val 0.1)."""
+
+    eval_size: int = 20
+    val_ratio: float = 0.1
+    seed: int = 42
+    min_train: int = 10
+    # The blueprint's data_split_config.limit: the newest this-many unique records are used.
+    max_records: int = 10_000
+    # Classes with fewer records than this are merged into "others" before the split.
+    min_class_size: int = 5
+    # Dotted path of the stratification label in the record (None: first tool name / answer kind).
+    stratify_key: str | None = None
+    # Also count the normalized answer in the dedup key (same question, different answer = 2 records).
+    dedup_on_answer: bool = False
+
+    def check(self) -> CurationSettings:
+        def bad(name: str, value: Any, allowed: str) -> SettingsError:
+            return SettingsError(f"curation setting {name}={value!r} is invalid: {allowed}")
+
+        if not isinstance(self.val_ratio, (int, float)) or not 0 < self.val_ratio <= 0.5:
+            raise bad("val_ratio", self.val_ratio, "it must be in (0, 0.5], e.g. 0.1")
+        if not isinstance(self.eval_size, int) or self.eval_size < MIN_EVAL:
+            raise bad("eval_size", self.eval_size, f"it must be an integer >= {MIN_EVAL} (an eval set of one says nothing)")
+        if not isinstance(self.min_train, int) or self.min_train < 1:
+            raise bad("min_train", self.min_train, "it must be an integer >= 1")
+        if not isinstance(self.max_records, int) or self.max_records < self.eval_size + self.min_train:
+            raise bad("max_records", self.max_records,
+                      f"it must be at least eval_size + min_train = {self.eval_size + self.min_train}")
+        if not isinstance(self.min_class_size, int) or self.min_class_size < 1:
+            raise bad("min_class_size", self.min_class_size, "it must be an integer >= 1")
+        if self.stratify_key is not None and (not isinstance(self.stratify_key, str) or not self.stratify_key.strip()):
+            raise bad("stratify_key", self.stratify_key, "give a dotted path such as request.metadata.intent, or null")
+        return self
+
+
+# ---------------------------------------------------------------- normalized request (dedup key)
+
+def _norm_text(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _norm_value(value: Any) -> Any:
+    """Whitespace folded in every string; key order is settled by sort_keys when dumped."""
+    if isinstance(value, str):
+        return _norm_text(value)
+    if isinstance(value, list):
+        return [_norm_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _norm_value(v) for k, v in value.items()}
+    return value
+
+
+def _norm_arguments(raw: Any) -> Any:
+    if isinstance(raw, str):
+        try:
+            return _norm_value(json.loads(raw))
+        except (ValueError, RecursionError):
+            return _norm_text(raw)
+    return _norm_value(raw)
+
+
+def _norm_calls(calls: Any) -> list:
+    out = []
+    for call in calls or []:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict):  # call ids are never part of the key
+            out.append([fn.get("name"), _norm_arguments(fn.get("arguments"))])
+    return out
+
+
+def _norm_message(message: Any) -> Any:
+    if not isinstance(message, dict):
+        return _norm_value(message)
+    out: dict[str, Any] = {"role": message.get("role"), "content": _norm_value(message.get("content"))}
+    if message.get("name") is not None:
+        out["name"] = _norm_value(message["name"])
+    if message.get("tool_calls"):
+        out["tool_calls"] = _norm_calls(message["tool_calls"])
+    return out
+
+
+def normalized_request(request: dict[str, Any]) -> dict[str, Any]:
+    """What makes two requests the same question: the messages (role, text, name, tool calls by
+    name and arguments) and the tools offered; whitespace and key order do not matter, ids,
+    timestamps, sampling settings and usage are not part of it."""
+    return {"messages": [_norm_message(m) for m in request.get("messages") or []],
+            "tools": _norm_value(request.get("tools") or [])}
+
+
+def normalized_answer(message: dict[str, Any]) -> dict[str, Any]:
+    return {"content": _norm_value(message.get("content")), "tool_calls": _norm_calls(message.get("tool_calls"))}
+
+
+def _digest(obj: Any) -> int:
+    data = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
+
+
+def request_key(record: LogRecord, *, with_answer: bool = False) -> int:
+    """A 64-bit digest of the normalized request (and answer, when asked): the dedup key."""
+    request = normalized_request(record.request)
+    if with_answer:
+        return _digest([request, normalized_answer(record.assistant_message)])
+    return _digest(request)
+
+
+def request_hash(record: LogRecord, *, with_answer: bool = False) -> str:
+    """The dedup key as 16 hex digits (stored with each log row, counted by discovery)."""
+    return f"{request_key(record, with_answer=with_answer) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def _ref_rank(ref: str) -> int:
+    """A tie-breaker that depends on the record's reference only, never on arrival order."""
+    return int.from_bytes(hashlib.blake2b(ref.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big", signed=True)
+
+
+# ---------------------------------------------------------------- pass 1: scan
+
+@dataclass(frozen=True)
+class Scanned:
+    """What the scan keeps of one valid record."""
+
+    fetch_key: Any
+    ref: str
+    ts: float
+    key: int
+    label: str
+    kind: str
+
+
+def scan_item(fetch_key: Any, item: LogRecord | Rejection, settings: CurationSettings) -> Scanned | Rejection:
+    """The scan of one parsed record (a pure function: it can run in a worker process)."""
+    if isinstance(item, Rejection):
+        return item
+    return Scanned(fetch_key, item.source_id, item.timestamp.timestamp(),
+                   request_key(item, with_answer=settings.dedup_on_answer),
+                   class_label(item, settings.stratify_key), item.kind)
+
+
+class Scan:
+    """Pass 1's accumulator: a few numbers per valid record (numpy-friendly columns)."""
+
+    def __init__(self, settings: CurationSettings) -> None:
+        from array import array
+
+        self.settings = settings
+        self.n_in = 0
+        self.n_quarantined = 0
+        self.reasons: Counter = Counter()
+        self.kinds: Counter = Counter()
+        self.fetch_keys: list[Any] = []
+        self.refs: list[str] = []
+        self.ts = array("d")
+        self.keys = array("q")
+        self.ranks = array("q")
+        self.label_codes = array("i")
+        self.labels: dict[str, int] = {}
+
+    def add(self, scanned: Scanned | Rejection) -> Rejection | None:
+        """Count one scanned record; returns the rejection for the caller to quarantine."""
+        self.n_in += 1
+        if isinstance(scanned, Rejection):
+            self.n_quarantined += 1
+            self.reasons[scanned.reason] += 1
+            return scanned
+        self.fetch_keys.append(scanned.fetch_key)
+        self.refs.append(scanned.ref)
+        self.ts.append(scanned.ts)
+        self.keys.append(scanned.key)
+        self.ranks.append(_ref_rank(scanned.ref))
+        self.label_codes.append(self.labels.setdefault(scanned.label, len(self.labels)))
+        self.kinds[scanned.kind] += 1
+        return None
+
+    @property
+    def n_valid(self) -> int:
+        return len(self.keys)
+
+
+# ---------------------------------------------------------------- pass 2: plan
+
+@dataclass
+class Plan:
+    """The split decided on keys alone: per split, the chosen records' scan indexes in time order."""
+
+    settings: CurationSettings
+    n_in: int
+    n_quarantined: int
+    n_valid: int
+    n_unique: int
+    n_over_limit: int = 0
+    kind: str | None = None
+    usable: bool = False
+    reason: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    val_stratified: bool = False
+    merged_classes: list[str] = field(default_factory=list)
+    members: dict[str, list[int]] = field(default_factory=lambda: {s: [] for s in SPLITS})
+    labels: dict[int, str] = field(default_factory=dict)  # scan index -> stratification class
+
+    @property
+    def n_duplicates(self) -> int:
+        return self.n_valid - self.n_unique
+
+
+def _eval_size(n: int, s: CurationSettings, plan: Plan) -> int:
+    """How many eval items ``n`` kept records allow, leaving ``min_train``; 0 if unusable."""
+    if n < s.min_train + MIN_EVAL:
+        plan.reason = (f"only {n} usable records; at least {s.min_train + MIN_EVAL} are needed "
+                       f"({s.min_train} for training, {MIN_EVAL} to evaluate)")
+        return 0
+    if n < s.eval_size + s.min_train:
+        size = n - s.min_train
+        plan.warnings.append(f"eval split shrunk from {s.eval_size} to {size} to keep {s.min_train} records for training")
+        return size
+    return s.eval_size
+
+
+def _balanced_eval(by_class: dict[str, list[int]], size: int, rng: random.Random) -> list[int]:
+    """``size`` indexes taken round-robin over classes (shuffled within a class); every class keeps
+    one record for training, so a class of one is never evaluated."""
+    pools = {}
+    for label in sorted(by_class):
+        members = list(by_class[label])
+        rng.shuffle(members)
+        pools[label] = members[1:]
+    chosen: list[int] = []
+    while len(chosen) < size and any(pools.values()):
+        for label in sorted(pools):
+            if pools[label] and len(chosen) < size:
+                chosen.append(pools[label].pop())
+    return chosen
+
+
+def _split_validation(rest: list[int], labels: list[str], ratio: float, seed: int) -> tuple[list[int], list[int], bool]:
+    from sklearn.model_selection import train_test_split
+
+    n_val = int(round(len(rest) * ratio))
+    if n_val == 0:
+        return list(rest), [], False
+    counts = Counter(labels)
+    stratifiable = min(counts.values()) >= 2 and n_val >= len(counts) and len(rest) - n_val >= len(counts)
+    train, val = train_test_split(rest, test_size=n_val, random_state=seed, stratify=labels if stratifiable else None)
+    return list(train), list(val), stratifiable
+
+
+def plan_splits(scan: Scan) -> Plan:
+    """Dedup (newest wins), keep the ``max_records`` newest, merge rare classes, split."""
+    import numpy as np
+
+    s = scan.settings
+    n = scan.n_valid
+    keys = np.frombuffer(scan.keys, dtype=np.int64) if n else np.zeros(0, np.int64)
+    ts = np.frombuffer(scan.ts, dtype=np.float64) if n else np.zeros(0)
+    ranks = np.frombuffer(scan.ranks, dtype=np.int64) if n else np.zeros(0, np.int64)
+    # Sorted by key, then time, then a reference-derived rank: the last of each key is the newest.
+    order = np.lexsort((ranks, ts, keys))
+    last_of_key = np.ones(n, dtype=bool)
+    if n:
+        last_of_key[:-1] = keys[order][1:] != keys[order][:-1]
+    unique = order[last_of_key]
+    plan = Plan(settings=s, n_in=scan.n_in, n_quarantined=scan.n_quarantined, n_valid=n, n_unique=int(unique.size))
+    plan.kind = scan.kinds.most_common(1)[0][0] if scan.kinds else None
+    # Newest first; keep the limit.
+    newest = unique[np.lexsort((-ranks[unique], -ts[unique]))]
+    kept = newest[: s.max_records]
+    plan.n_over_limit = int(newest.size - kept.size)
+    if plan.n_over_limit:
+        plan.warnings.append(f"{plan.n_over_limit} older unique records beyond max_records={s.max_records} not used")
+
+    size = _eval_size(int(kept.size), s, plan)
+    if size == 0:
+        return plan
+    code_to_label = {code: label for label, code in scan.labels.items()}
+    codes = np.frombuffer(scan.label_codes, dtype=np.int32)
+    raw_labels = {int(i): code_to_label[int(codes[i])] for i in kept}
+    counts = Counter(raw_labels.values())
+    rare = sorted(label for label, c in counts.items() if c < s.min_class_size)
+    if rare and len(rare) < len(counts):
+        plan.merged_classes = rare
+        plan.warnings.append(f"classes with fewer than {s.min_class_size} records merged into '{OTHERS}': {', '.join(rare)}")
+    merge = set(plan.merged_classes)
+    plan.labels = {i: (OTHERS if label in merge else label) for i, label in raw_labels.items()}
+
+    # Class membership in time order, so the seeded shuffle does not depend on arrival order.
+    in_time = sorted(plan.labels, key=lambda i: (ts[i], ranks[i]))
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for i in in_time:
+        by_class[plan.labels[i]].append(i)
+    evaluation = _balanced_eval(by_class, size, random.Random(s.seed))
+    if len(evaluation) < MIN_EVAL:
+        plan.reason = "no class has two distinct records, so none can be both trained on and evaluated"
+        return plan
+    if len(evaluation) < size:
+        plan.warnings.append(f"eval split has {len(evaluation)} items, not {size}: the classes are too small")
+    chosen = set(evaluation)
+    rest = [i for i in in_time if i not in chosen]
+    train, val, plan.val_stratified = _split_validation(rest, [plan.labels[i] for i in rest], s.val_ratio, s.seed)
+    if val and not plan.val_stratified:
+        plan.warnings.append("validation split is not stratified: too few records per class to stratify "
+                             "(fell back to a seeded random split)")
+    for name, members in zip(SPLITS, (evaluation, train, val)):
+        plan.members[name] = sorted(members, key=lambda i: (ts[i], ranks[i]))
+    plan.usable = True
+    return plan
+
+
+# ---------------------------------------------------------------- pass 3: materialize
+
+def dataset_row(record: LogRecord, split: str, label: str) -> dict[str, Any]:
+    """One curated dataset row (COORDINATION seam 5): id, split, label, request, response (with
+    usage), plus the client and time, and the toy prompt/completion of the local students."""
+    return {"id": record.source_id, "split": split, "label": label, "client_id": record.client_id,
+            "timestamp": record.timestamp.isoformat().replace("+00:00", "Z"),
+            "request": record.request, "response": record.response,
+            "prompt": render_prompt(record.request), "completion": render_completion(record.assistant_message)}
 
 
 @dataclass
@@ -35,174 +376,310 @@ class CurationResult:
     n_accepted: int = 0
     n_quarantined: int = 0
     n_duplicates: int = 0
-    quarantine: list[Rejection] = field(default_factory=list)
-    pii: Counter = field(default_factory=Counter)
+    n_over_limit: int = 0
     kind: str | None = None
-    eval: list[LogRecord] = field(default_factory=list)
-    train: list[LogRecord] = field(default_factory=list)
-    val: list[LogRecord] = field(default_factory=list)
     usable: bool = False
     reason: str | None = None
     warnings: list[str] = field(default_factory=list)
     val_stratified: bool = False
+    merged_classes: list[str] = field(default_factory=list)
+    quarantine: list[Rejection] = field(default_factory=list)
+    reasons: Counter = field(default_factory=Counter)
+    pii: Counter = field(default_factory=Counter)
+    n_split: dict[str, int] = field(default_factory=lambda: {s: 0 for s in SPLITS})
+    label_counts_by_split: dict[str, Counter] = field(default_factory=lambda: {s: Counter() for s in SPLITS})
+    dataset_hash: str = hashlib.sha256().hexdigest()
+    # Only filled by the in-memory `curate` (tests, small imports): the kept, redacted records.
+    eval: list[LogRecord] = field(default_factory=list)
+    train: list[LogRecord] = field(default_factory=list)
+    val: list[LogRecord] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def n_eval(self) -> int:
-        return len(self.eval)
+        return self.n_split["eval"]
 
     @property
     def n_train(self) -> int:
-        return len(self.train)
+        return self.n_split["train"]
 
     @property
     def n_val(self) -> int:
-        return len(self.val)
+        return self.n_split["val"]
 
     @property
     def split_sizes(self) -> dict[str, int]:
-        return {split: len(getattr(self, split)) for split in SPLITS}
+        return dict(self.n_split)
 
     def label_counts(self, split: str) -> Counter:
-        return Counter(class_label(r) for r in getattr(self, split))
-
-    @property
-    def dataset_hash(self) -> str:
-        """Identifies the dataset: which record (id and content) is in which split."""
-        h = hashlib.sha256()
-        for split in SPLITS:
-            for r in getattr(self, split):
-                h.update(f"{split}\t{r.source_id}\t{content_key(r)}\n".encode())
-        return h.hexdigest()
+        return Counter(self.label_counts_by_split[split])
 
     def to_rows(self) -> list[dict[str, Any]]:
-        """One row per curated record, eval then train then val, each in time order."""
-        return [
-            {"id": r.source_id, "split": split, "label": class_label(r), "request": r.request, "response": r.response,
-             "prompt": render_prompt(r.request), "completion": render_completion(r.assistant_message)}
-            for split in SPLITS for r in getattr(self, split)
-        ]
+        return list(self.rows)
+
+    def class_table(self):
+        """Records per class and split (a pandas DataFrame): the split's bookkeeping, for logs and reports."""
+        import pandas as pd
+
+        table = pd.DataFrame({s: pd.Series(self.label_counts_by_split[s], dtype="int64") for s in SPLITS})
+        return table.fillna(0).astype("int64").sort_index()
+
+    def check(self) -> None:
+        assert self.n_in == self.n_accepted + self.n_quarantined + self.n_duplicates, "curation counts do not add up"
+        if self.usable:
+            assert self.n_accepted == self.n_eval + self.n_train + self.n_val + self.n_over_limit, \
+                "split sizes do not add up"
 
 
-def content_key(record: LogRecord) -> str:
-    """sha256 of the canonical JSON of (workload_id, request, response): the dedup key."""
-    # ensure_ascii keeps the bytes well defined whatever the text holds.
-    canonical = json.dumps([record.workload_id, record.request, record.response], sort_keys=True,
-                           separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+class Materializer:
+    """Pass 3: the kept records, fetched again split by split in time order, are redacted, checked
+    for leakage on their redacted text, and turned into rows."""
+
+    def __init__(self, plan: Plan, *, redactor: Redactor | None = None, stratify_key: str | None = None) -> None:
+        self.plan = plan
+        self.redactor = redactor
+        self.result = CurationResult(
+            n_in=plan.n_in, n_quarantined=plan.n_quarantined, n_duplicates=plan.n_duplicates,
+            n_over_limit=plan.n_over_limit, kind=plan.kind, usable=plan.usable, reason=plan.reason,
+            warnings=list(plan.warnings), val_stratified=plan.val_stratified, merged_classes=list(plan.merged_classes))
+        self._hash = hashlib.sha256()
+        self._eval_keys: set[int] = set()
+        self._kept_keys: set[int] = set()
+        self._dropped = 0
+        self.changed: list[Rejection] = []
+
+    def vanished(self, ref: str) -> None:
+        """A kept record that is gone (or no longer valid) when fetched again: quarantined."""
+        from flywheel.records import _rejection
+
+        self.changed.append(_rejection(ref, "changed_during_run", "",
+                                       "the record changed or was deleted between curation's scan and its fetch "
+                                       "(e.g. by raw-log retention); the next run reads the store as it is then"))
+        self.result.n_quarantined += 1
+
+    def add(self, split: str, index: int, record: LogRecord, *, redacted: bool = False) -> dict[str, Any] | None:
+        """The row of one kept record (redacted here unless it was stored redacted), or None when
+        its redacted request leaks an eval item's (or repeats a kept one): then it is a duplicate."""
+        if not redacted:
+            record, found = redact_record(record, self.redactor)
+            self.result.pii.update(found)
+        key = request_key(record, with_answer=self.plan.settings.dedup_on_answer)
+        leak_key = request_key(record) if self.plan.settings.dedup_on_answer else key
+        if key in self._kept_keys or (split != "eval" and leak_key in self._eval_keys):
+            self._dropped += 1
+            return None
+        if split == "eval":
+            self._eval_keys.add(leak_key)
+        self._kept_keys.add(key)
+        label = self.plan.labels[index]
+        row = dataset_row(record, split, label)
+        self.result.n_split[split] += 1
+        self.result.label_counts_by_split[split][label] += 1
+        self._hash.update(f"{split}\t{record.source_id}\t{key}\n".encode("utf-8", "surrogatepass"))
+        return row
+
+    def finish(self) -> CurationResult:
+        r = self.result
+        r.n_duplicates += self._dropped
+        if self._dropped:
+            r.warnings.append(f"{self._dropped} records dropped as duplicates: after redaction their request equals "
+                              "an eval item's or another kept record's")
+        r.n_accepted = r.n_in - r.n_quarantined - r.n_duplicates
+        r.dataset_hash = self._hash.hexdigest()
+        if r.usable and r.n_eval < MIN_EVAL:
+            r.usable, r.reason = False, "fewer than 2 eval items left after redaction"
+        r.check()
+        return r
 
 
-def _natural(source_id: str) -> tuple:
-    # "logs.jsonl:9" before "logs.jsonl:10": the first occurrence in a file is the first line.
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", source_id))
+def fetch_order(plan: Plan) -> Iterator[tuple[str, int]]:
+    """(split, scan index) of every kept record, eval first, each split in time order."""
+    for split in SPLITS:
+        for index in plan.members[split]:
+            yield split, index
 
 
-def arrival_order(record: LogRecord) -> tuple:
-    """Time, then position in the source: the order in which "first occurrence" is meant."""
-    return record.timestamp, _natural(record.source_id)
+# ---------------------------------------------------------------- streaming from a log source
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One record as a log source returns it: the key to fetch it again, a reference a person can
+    follow, the record (JSON text or bytes, or an already decoded dict), and whether the store
+    holds it redacted already."""
+
+    fetch_key: Any
+    ref: str
+    data: Any
+    redacted: bool = False
 
 
-def balanced_eval(records: list[LogRecord], size: int, seed: int) -> tuple[list[LogRecord], list[LogRecord]]:
-    """(eval, rest): ``size`` records taken round-robin over classes, shuffled within a class by ``seed``.
+def parse_item(item: SourceItem, max_bytes: int) -> LogRecord | Rejection:
+    from flywheel.records import parse_line, parse_obj
 
-    Every class keeps at least one record for training (a class of one is never evaluated: it
-    could not be both learned and tested).
-    """
-    rng = random.Random(seed)
-    by_class: dict[str, list[LogRecord]] = defaultdict(list)
-    for r in sorted(records, key=arrival_order):
-        by_class[class_label(r)].append(r)
-    pools: dict[str, list[LogRecord]] = {}
-    for label in sorted(by_class):
-        members = by_class[label]
-        rng.shuffle(members)
-        pools[label] = members[1:]  # members[0] stays for training
-    chosen: list[LogRecord] = []
-    while len(chosen) < size and any(pools.values()):
-        for label in sorted(pools):
-            if pools[label] and len(chosen) < size:
-                chosen.append(pools[label].pop())
-    taken = {id(r) for r in chosen}
-    return chosen, [r for r in records if id(r) not in taken]
+    if isinstance(item.data, (str, bytes)):
+        return parse_line(item.ref, item.data, max_bytes=max_bytes)
+    return parse_obj(item.ref, item.data)
 
 
-def split_validation(records: list[LogRecord], ratio: float, seed: int) -> tuple[list[LogRecord], list[LogRecord], bool]:
-    """(train, val, stratified): ``val`` is ``round(ratio * n)`` records, stratified by class label
-    when every class has two members and both sides can hold one of each."""
-    from sklearn.model_selection import train_test_split
-
-    n_val = int(round(len(records) * ratio))
-    if n_val == 0:
-        return list(records), [], False
-    labels = [class_label(r) for r in records]
-    counts = Counter(labels)
-    stratifiable = min(counts.values()) >= 2 and n_val >= len(counts) and len(records) - n_val >= len(counts)
-    train, val = train_test_split(records, test_size=n_val, random_state=seed,
-                                  stratify=labels if stratifiable else None)
-    return train, val, stratifiable
+def scan_batch(items: list[SourceItem], settings: CurationSettings, max_bytes: int) -> list[Scanned | Rejection]:
+    """Pass 1 for a batch of records (runs in a worker process when curation uses several)."""
+    return [scan_item(item.fetch_key, parse_item(item, max_bytes), settings) for item in items]
 
 
-def _accept(items: Iterable[LogRecord | Rejection], result: CurationResult,
-            redactor: Redactor | None) -> list[LogRecord]:
-    """Quarantine rejections, redact and dedup the rest; the first occurrence of a duplicate wins."""
-    kept: dict[str, LogRecord] = {}
+def redact_batch(items: list[SourceItem], max_bytes: int,
+                 redactor: Redactor | None = None) -> list[tuple[LogRecord | Rejection, Counter]]:
+    """Pass 3's slow half for a batch: parse again and redact (unless stored redacted)."""
+    out: list[tuple[LogRecord | Rejection, Counter]] = []
     for item in items:
-        result.n_in += 1
-        if isinstance(item, Rejection):
-            result.n_quarantined += 1
-            result.quarantine.append(item)
-            continue
-        record, found = redact_record(item, redactor)
-        result.pii.update(found)
-        key = content_key(record)
-        first = kept.get(key)
-        if first is None:
-            kept[key] = record
-            continue
-        result.n_duplicates += 1
-        # Sources need not return records in order: keep the earliest, not the first seen.
-        if arrival_order(record) < arrival_order(first):
-            kept[key] = record
-    return sorted(kept.values(), key=arrival_order)
+        record = parse_item(item, max_bytes)
+        if isinstance(record, Rejection) or item.redacted:
+            out.append((record, Counter()))
+        else:
+            out.append(redact_record(record, redactor))
+    return out
 
 
-def _eval_size(n_accepted: int, eval_size: int, min_train: int, result: CurationResult) -> int:
-    """How many eval items this many records allow, leaving ``min_train`` for train + val; 0 if unusable."""
-    if n_accepted < min_train + MIN_EVAL:
-        result.reason = (f"only {n_accepted} usable records; at least {min_train + MIN_EVAL} are needed "
-                         f"({min_train} for training, {MIN_EVAL} to evaluate)")
-        return 0
-    if n_accepted < eval_size + min_train:
-        size = n_accepted - min_train
-        result.warnings.append(f"eval split shrunk from {eval_size} to {size} to keep {min_train} records for training")
-        return size
-    return eval_size
+class _Runner:
+    """Runs a batch function here, or in a pool of worker processes (results in input order)."""
 
+    def __init__(self, workers: int) -> None:
+        self.pool = None
+        self.workers = max(1, workers)
+        if self.workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: the caller may be an Airflow task process with threads of its own.
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def map(self, fn: Callable, batches: Iterable[list], *args: Any) -> Iterator[list]:
+        if self.pool is None:
+            for batch in batches:
+                yield fn(batch, *args)
+            return
+        from collections import deque
+
+        pending: deque = deque()
+        for batch in batches:
+            pending.append(self.pool.submit(fn, batch, *args))
+            if len(pending) >= 2 * self.workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def curate_stream(
+    scan: Iterable[SourceItem], fetch: Callable[[list[Any]], Iterable[SourceItem]], settings: CurationSettings, *,
+    on_rejection: Callable[[Rejection], None], on_row: Callable[[dict[str, Any]], None],
+    max_bytes: int = 65536, workers: int = 1, batch: int = 500, redactor: Redactor | None = None,
+) -> CurationResult:
+    """Curate one workload straight from a log source in bounded memory (see the module docstring).
+
+    ``scan`` yields every record of the workload's window; ``fetch(keys)`` returns the records of
+    those fetch keys again (any order). Rejections and rows are handed to the callbacks as they
+    come, rows in dataset order (eval, train, val; each in time order).
+    """
+    settings.check()
+    # A custom redactor object lives in this process only.
+    runner = _Runner(workers if redactor is None else 1)
+    try:
+        acc = Scan(settings)
+        for scanned in runner.map(scan_batch, _chunks(scan, batch), settings, max_bytes):
+            for item in scanned:
+                rejection = acc.add(item)
+                if rejection is not None:
+                    on_rejection(rejection)
+        plan = plan_splits(acc)
+        out = Materializer(plan, redactor=redactor)
+        order = list(fetch_order(plan))
+        for chunk in _chunks(order, max(batch, 1000)):
+            keys = [acc.fetch_keys[index] for _, index in chunk]
+            found = {item.fetch_key: item for item in fetch(keys)}
+            present = [(split, index, found.get(acc.fetch_keys[index])) for split, index in chunk]
+            items = [item for _, _, item in present if item is not None]
+            share = max(1, -(-len(items) // runner.workers))
+            redacted = [r for part in runner.map(redact_batch, _chunks(items, share), max_bytes, redactor) for r in part]
+            results = iter(zip(items, redacted))
+            for split, index, item in present:
+                if item is None:
+                    out.vanished(acc.refs[index])
+                    continue
+                _, (record, pii) = next(results)
+                if isinstance(record, Rejection):
+                    out.vanished(record.source_id)
+                    continue
+                out.result.pii.update(pii)
+                row = out.add(split, index, record, redacted=True)
+                if row is not None:
+                    on_row(row)
+        result = out.finish()
+        for rejection in out.changed:
+            on_rejection(rejection)
+        result.reasons = Counter(acc.reasons)
+        for rejection in out.changed:
+            result.reasons[rejection.reason] += 1
+        return result
+    finally:
+        runner.close()
+
+
+# ---------------------------------------------------------------- in memory
 
 def curate(
     records: Iterable[LogRecord | Rejection], *, eval_size: int = 20, val_ratio: float = 0.1, seed: int = 42,
-    min_train: int = 10, redactor: Redactor | None = None,
+    min_train: int = 10, redactor: Redactor | None = None, settings: CurationSettings | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None, **more: Any,
 ) -> CurationResult:
-    """Quarantine, redact, dedup and split one workload's records (see the module docstring)."""
-    result = CurationResult()
-    accepted = _accept(records, result, redactor)
-    result.n_accepted = len(accepted)
-    assert result.n_in == result.n_accepted + result.n_quarantined + result.n_duplicates, "curation counts do not add up"
-    kinds = Counter(r.kind for r in accepted)
-    result.kind = kinds.most_common(1)[0][0] if kinds else None
-
-    size = _eval_size(len(accepted), eval_size, min_train, result)
-    if size == 0:
-        return result
-    evaluation, rest = balanced_eval(accepted, size, seed)
-    if len(evaluation) < MIN_EVAL:
-        result.reason = "no class has two distinct records, so none can be both trained on and evaluated"
-        return result
-    if len(evaluation) < size:
-        result.warnings.append(f"eval split has {len(evaluation)} items, not {size}: the classes are too small")
-    train, val, result.val_stratified = split_validation(rest, val_ratio, seed)
-    if val and not result.val_stratified:
-        result.warnings.append("validation split is not stratified: too few records per class to stratify")
-    # Each split in time order: the dataset (and its hash) depends on the assignment only.
-    result.eval, result.train, result.val = (sorted(s, key=arrival_order) for s in (evaluation, train, val))
-    result.usable = True
+    """Scan, plan and materialize records held in memory (see the module docstring)."""
+    settings = (settings or CurationSettings(eval_size=eval_size, val_ratio=val_ratio, seed=seed,
+                                             min_train=min_train, **more)).check()
+    scan = Scan(settings)
+    kept: list[LogRecord] = []
+    quarantine: list[Rejection] = []
+    for item in records:
+        scanned = scan_item(len(kept), item, settings)
+        rejection = scan.add(scanned)
+        if rejection is not None:
+            quarantine.append(rejection)
+        else:
+            kept.append(item)  # type: ignore[arg-type]
+    plan = plan_splits(scan)
+    out = Materializer(plan, redactor=redactor)
+    records_by_split: dict[str, list[LogRecord]] = {s: [] for s in SPLITS}
+    rows = []
+    for split, index in fetch_order(plan):
+        record = kept[scan.fetch_keys[index]]
+        row = out.add(split, index, record)
+        if row is not None:
+            rows.append(row)
+            records_by_split[split].append(_as_record(row, record))
+            if on_row:
+                on_row(row)
+    result = out.finish()
+    result.quarantine = quarantine
+    result.reasons = Counter(q.reason for q in quarantine)
+    result.rows = rows
+    result.eval, result.train, result.val = (records_by_split[s] for s in SPLITS)
     return result
+
+
+def _as_record(row: dict[str, Any], original: LogRecord) -> LogRecord:
+    """The redacted record behind a row."""
+    from dataclasses import replace
+
+    return replace(original, request=row["request"], response=row["response"])

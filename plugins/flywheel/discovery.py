@@ -17,9 +17,13 @@ class WorkloadDecision:
 
 
 def decide_workloads(
-    counts: dict[str, int], *, min_records: int, requested: list[str] | None = None
+    counts: dict[str, int], *, min_records: int, requested: list[str] | None = None, usable: bool = True,
 ) -> list[WorkloadDecision]:
     """One decision per workload seen in the window (and per requested workload never seen).
+
+    ``counts`` are usable records (distinct normalized requests of valid records) when the log
+    source can count them (``usable``, the PostgreSQL store), else raw records (Elasticsearch's
+    terms aggregation); curation then checks the minimum again on what it actually kept.
 
     ``requested`` (the on-demand Params form) restricts the run to those workloads; the others are
     recorded as skipped with the reason, so the run's report says why a workload is missing.
@@ -33,7 +37,8 @@ def decide_workloads(
         elif n < min_records:
             decisions.append(
                 WorkloadDecision(
-                    workload_id, n, False, f"only {n} records in the window, fewer than min_records={min_records}"
+                    workload_id, n, False,
+                    f"only {n} {'usable ' if usable else ''}records in the window, fewer than min_records={min_records}"
                 )
             )
         else:

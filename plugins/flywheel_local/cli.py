@@ -3,7 +3,9 @@
     flywheel demo                 everything `make demo` does (idempotent)
     flywheel up | down | status   start / stop the embedded PostgreSQL + Airflow
     flywheel models build         build the local student models (cached)
-    flywheel logs load            generate + import the demo production logs
+    flywheel logs import FILE...  import production logs (JSONL, .jsonl.gz, - for stdin)
+    flywheel logs load            generate the demo production logs and import them
+    flywheel logs purge           delete raw (unredacted) records past logs.raw_retention_days
     flywheel leaderboard [RUN]    print a run's leaderboard (default: the latest run)
     flywheel reviews [list|approve|reject] [--all | N ...] [--comment TEXT]
     flywheel gold export WORKLOAD [--run RUN_KEY] [--out FILE]   eval items to correct, as JSONL
@@ -112,28 +114,93 @@ def build_models(paths: stack.StackPaths, *, force: bool = False) -> None:
             ], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
+def demo_logs_file(paths: stack.StackPaths, *, end: datetime, n_records: int, days: int) -> Path:
+    """The demo's production logs as a file in the blueprint's format (integer epoch timestamps,
+    OpenAI request/response objects), generated once per (end, size, days, seed)."""
+    from flywheel_local.demo_data import generate_logs, write_jsonl
+
+    path = paths.home / "demo-logs" / f"demo-{end:%Y%m%dT%H}-n{n_records}-d{days}-seed{DEMO_SEED}.jsonl"
+    if not path.exists():
+        write_jsonl(path, generate_logs(n_records=n_records, days=days, end=end, seed=DEMO_SEED,
+                                        timestamps="epoch"))
+    return path
+
+
 def load_demo_logs(socket_dir: Path, paths: stack.StackPaths, *, end: datetime | None = None,
                    n_records: int = 2400, days: int = 7) -> None:
-    from flywheel_local.demo_data import generate_logs
-    from flywheel.adapters.postgres_logs import ingest_lines
-
+    """Generate the demo logs as a file and load it the way a user loads theirs: `logs import`."""
     end = end or datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    source = f"demo-{end:%Y%m%dT%H}-n{n_records}-d{days}-seed{DEMO_SEED}.jsonl"
+    path = demo_logs_file(paths, end=end, n_records=n_records, days=days)
+    import_log_files(socket_dir, [str(path)], progress=False)
+
+
+def import_log_files(socket_dir: Path, files: list[str], *, redact: bool | None = None, workers: int = 1,
+                     progress: bool = True) -> list:
+    """`flywheel logs import`: each file (or '-' for stdin) into production_logs, with a summary each."""
+    from flywheel.adapters.postgres_logs import import_file, spool_stdin
+
+    cfg = load_config()
+    redact = cfg.logs.redact_before_storage if redact is None else redact
+    if not redact:
+        say(f"storing RAW records (no redaction): they are deleted after logs.raw_retention_days="
+            f"{cfg.logs.raw_retention_days} days")
+    reports = []
     conn = stack.connect_flywheel(socket_dir)
     try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM production_logs WHERE source = %s", (source,))
-            already = cur.fetchone()[0]
-        conn.commit()
-        if already:
-            say(f"{already} demo records of {source} already loaded")
-            return
-        lines = generate_logs(n_records=n_records, days=days, end=end, seed=DEMO_SEED)
-        report = ingest_lines(conn, lines, paths.home / source, source=source)
+        for name in files:
+            spooled = None
+            if name == "-":
+                spooled = path = spool_stdin(sys.stdin.buffer)
+                shown = "stdin"
+            else:
+                path, shown = Path(name), Path(name).name
+                if not path.is_file():
+                    raise SystemExit(f"{name}: no such file")
+            try:
+                with _progress_bar(path, shown, enabled=progress) as advance:
+                    report = import_file(conn, path, name=shown, redact=redact, workers=workers,
+                                         max_bytes=cfg.max_record_bytes, progress=advance)
+            finally:
+                if spooled is not None:
+                    spooled.unlink(missing_ok=True)
+            say(report.summary())
+            reports.append(report)
     finally:
         conn.close()
-    say(f"{report.lines} lines from {source}: {report.stored} routable, {report.quarantined} quarantined "
-        f"at ingest {report.reasons}")
+    return reports
+
+
+def _content_size(path: Path) -> int | None:
+    """Bytes of the (decompressed) content: the gzip trailer holds it modulo 4 GiB."""
+    import struct
+
+    with path.open("rb") as fh:
+        if fh.read(2) != b"\x1f\x8b":
+            return path.stat().st_size
+        fh.seek(-4, 2)
+        return struct.unpack("<I", fh.read(4))[0] or None
+
+
+class _progress_bar:
+    """A rich progress bar over the bytes of one file (rich comes with Airflow)."""
+
+    def __init__(self, path: Path, name: str, *, enabled: bool) -> None:
+        self.path, self.name, self.enabled = path, name, enabled and sys.stderr.isatty()
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+        self.progress = Progress("[bold]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                                 TimeRemainingColumn(), transient=True)
+        self.progress.start()
+        task = self.progress.add_task(f"importing {self.name}", total=_content_size(self.path))
+        return lambda n: self.progress.update(task, completed=n)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.progress.stop()
 
 
 def api_client(paths: stack.StackPaths):
@@ -279,14 +346,26 @@ def cmd_models(args) -> int:
 
 
 def cmd_logs(args) -> int:
+    from flywheel.adapters.postgres_logs import purge_raw
+
     paths = stack.StackPaths.from_env()
+    paths.ensure()
     socket_dir = stack.start_postgres(paths)
     conn = stack.connect_flywheel(socket_dir)
     try:
         store.migrate(conn)
+        if args.action == "purge":
+            days = load_config().logs.raw_retention_days
+            say(f"deleted {purge_raw(conn, days)} raw log records stored more than {days} days ago")
+            return 0
     finally:
         conn.close()
-    load_demo_logs(socket_dir, paths)
+    if args.action == "load":
+        load_demo_logs(socket_dir, paths)
+        return 0
+    if not args.files:
+        raise SystemExit("name the files to import (JSONL or .jsonl.gz; '-' reads standard input)")
+    import_log_files(socket_dir, args.files, redact=False if args.raw else None, workers=args.workers)
     return 0
 
 
@@ -463,8 +542,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=["build"])
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_models)
-    p = sub.add_parser("logs", help="load the demo production logs")
-    p.add_argument("action", choices=["load"])
+    p = sub.add_parser("logs", help="import production logs (or load the demo logs, or purge raw ones)",
+                       description="import: JSONL files of {timestamp, workload_id, client_id, request, response} "
+                                   "records (.gz and '-' for stdin too), validated and redacted before storage")
+    p.add_argument("action", choices=["import", "load", "purge"])
+    p.add_argument("files", nargs="*", metavar="FILE")
+    p.add_argument("--raw", action="store_true",
+                   help="store records unredacted (deleted after logs.raw_retention_days)")
+    p.add_argument("--workers", type=int, default=max(1, min(2, os.cpu_count() or 1)),
+                   help="processes validating and redacting (default: up to 2)")
     p.set_defaults(func=cmd_logs)
     p = sub.add_parser("leaderboard", help="print a run's leaderboard")
     p.add_argument("run_key", nargs="?")

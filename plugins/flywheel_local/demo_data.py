@@ -295,6 +295,7 @@ MALFORMED_KINDS: dict[str, tuple[str, str]] = {
     "truncated_json": ("invalid_json", ""),
     "missing_workload_id": ("missing_field", "workload_id"),
     "bad_timestamp": ("invalid_timestamp", "timestamp"),
+    "timestamp_out_of_range": ("timestamp_out_of_range", "timestamp"),
     "injection_workload_id": ("invalid_workload_id", "workload_id"),
     "response_without_choices": ("invalid_response", "response.choices"),
     "messages_not_a_list": ("invalid_messages", "request.messages"),
@@ -315,7 +316,9 @@ def malform(record: dict, rng: random.Random, kind: str) -> str:
     if kind == "missing_workload_id":
         del r["workload_id"]
     elif kind == "bad_timestamp":
-        r["timestamp"] = rng.choice(["yesterday", "2026-13-45T99:00:00Z", 1732500000, "2026-11-24 10:00:00"])
+        r["timestamp"] = rng.choice(["yesterday", "2026-13-45T99:00:00Z", "2026-11-24 10:00:00", True])
+    elif kind == "timestamp_out_of_range":  # a clock bug, or microseconds logged as if milliseconds
+        r["timestamp"] = rng.choice([1764000000123456, -86400, "2150-01-01T00:00:00Z", "1969-12-31T23:00:00Z"])
     elif kind == "injection_workload_id":
         r["workload_id"] = rng.choice(HOSTILE_WORKLOAD_IDS)
     elif kind == "response_without_choices":
@@ -354,13 +357,16 @@ def _completion(message: dict, rng: random.Random, created: int) -> dict:
             "usage": {"prompt_tokens": rng.randint(40, 400), "completion_tokens": rng.randint(5, 120)}}
 
 
-def _record(rng: random.Random, start: datetime, span_s: float, pii_rate: float) -> tuple[datetime, dict]:
+def _record(rng: random.Random, start: datetime, span_s: float, pii_rate: float,
+            timestamps: str = "iso") -> tuple[datetime, dict]:
     workload_id, _, clients, make = rng.choices(WORKLOADS, [w for _, w, _, _ in WORKLOADS])[0]
     request, message = make(rng)
     if rng.random() < pii_rate:
         _add_pii(request, rng)
     ts = _timestamp(rng, start, span_s)
-    return ts, {"timestamp": ts.isoformat().replace("+00:00", "Z"), "workload_id": workload_id,
+    # "epoch": integer epoch seconds, as the NVIDIA blueprint writes its Elasticsearch documents.
+    stamp = int(ts.timestamp()) if timestamps == "epoch" else ts.isoformat().replace("+00:00", "Z")
+    return ts, {"timestamp": stamp, "workload_id": workload_id,
                 "client_id": rng.choice(clients), "request": request,
                 "response": _completion(message, rng, int(ts.timestamp()))}
 
@@ -382,18 +388,22 @@ def _malformed_lines(originals: list[tuple[datetime, dict]], n_bad: int,
 
 
 def generate_logs(*, n_records: int = 2400, days: int = 7, end: datetime | None = None, seed: int = 7,
-                  duplicate_rate: float = 0.03, malformed_rate: float = 0.02, pii_rate: float = 0.10) -> list[str]:
+                  duplicate_rate: float = 0.03, malformed_rate: float = 0.02, pii_rate: float = 0.10,
+                  timestamps: str = "iso") -> list[str]:
     """``n_records`` JSONL lines over the ``days`` days before ``end`` (default: today 00:00 UTC),
     sorted by time. Of them, ``duplicate_rate`` are exact copies of another line and
-    ``malformed_rate`` are broken, cycling through MALFORMED_KINDS."""
+    ``malformed_rate`` are broken, cycling through MALFORMED_KINDS. ``timestamps`` is ``iso``
+    (ISO-8601 UTC) or ``epoch`` (integer epoch seconds, the blueprint's format)."""
     if not (0 <= duplicate_rate and 0 <= malformed_rate and duplicate_rate + malformed_rate < 1 and days > 0):
         raise ValueError("need days > 0 and 0 <= duplicate_rate + malformed_rate < 1")
+    if timestamps not in ("iso", "epoch"):
+        raise ValueError("timestamps is 'iso' or 'epoch'")
     rng = random.Random(seed)
     end = end or datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     start = end - timedelta(days=days)
     span_s = (end - start).total_seconds()
     n_dup, n_bad = int(n_records * duplicate_rate), int(n_records * malformed_rate)
-    originals = [_record(rng, start, span_s, pii_rate) for _ in range(max(0, n_records - n_dup - n_bad))]
+    originals = [_record(rng, start, span_s, pii_rate, timestamps) for _ in range(max(0, n_records - n_dup - n_bad))]
     lines = [(ts, json.dumps(record)) for ts, record in originals]
     if originals:
         # A retrying client logs the same call twice.
@@ -406,7 +416,9 @@ def generate_logs(*, n_records: int = 2400, days: int = 7, end: datetime | None 
 def write_jsonl(path: Path, lines: Sequence[str]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    tmp.rename(path)  # a half-written demo file is never imported
 
 
 # ---------------------------------------------------------------- generic pre-training corpus

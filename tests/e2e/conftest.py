@@ -85,7 +85,8 @@ def e2e_stack(tmp_path_factory):
         cli.build_models(paths)
         socket_dir, _ = cli.up(paths)
         # Three days of logs ending an hour ago: the on-demand window (7 days back) holds all of
-        # them, and tool_router gets ~550 training examples, what the 1.6M student needs.
+        # them, and tool_router gets ~550 training examples, what the 1.6M student needs. They are
+        # written as a file in the blueprint's format and loaded with `flywheel logs import`.
         end = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
         cli.load_demo_logs(socket_dir, paths, end=end, n_records=1800, days=3)
         yield E2EStack(paths, socket_dir, config, judge=judge)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import random
+from datetime import datetime, timezone
 
 import pytest
 
@@ -177,13 +180,49 @@ def test_parse_obj_takes_decoded_objects(router):
     assert parse_obj("f", None).reason == "not_an_object"
 
 
-def test_timestamps_need_a_zone():
+def test_timestamps_iso_with_a_zone_or_epoch_seconds_or_milliseconds():
     assert parse_timestamp("2026-11-24T10:00:00Z").isoformat() == "2026-11-24T10:00:00+00:00"
     assert parse_timestamp("2026-11-24T11:00:00+01:00").hour == 10
     assert parse_timestamp("2026-11-24T10:00:00") is None
     assert parse_timestamp("2026-11-24") is None
-    assert parse_timestamp(1732500000) is None
     assert parse_timestamp("yesterday") is None
+    expected = datetime(2026, 11, 24, 10, tzinfo=timezone.utc)
+    # The blueprint's integer epoch seconds; milliseconds; floats; numeric strings.
+    for value in (1795514400, 1795514400000, 1795514400.0, 1795514400000.0, "1795514400", "1795514400000"):
+        assert parse_timestamp(value) == expected, value
+    assert parse_timestamp(1795514400.25) == expected.replace(microsecond=250000)
+    for value in (True, None, [1], {"s": 1}, float("nan"), float("inf"), "1e9", ""):
+        assert parse_timestamp(value) is None, value
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("2026-11-24 10:00:00", "invalid_timestamp"), (True, "invalid_timestamp"), ("yesterday", "invalid_timestamp"),
+    (-1, "timestamp_out_of_range"), ("1969-12-31T23:59:59Z", "timestamp_out_of_range"),
+    ("2100-01-01T00:00:00Z", "timestamp_out_of_range"), (1764000000123456, "timestamp_out_of_range"),
+    (10**30, "timestamp_out_of_range"), ("0001-01-01T00:00:00+05:00", "invalid_timestamp"),
+    ("9999-12-31T23:59:59Z", "timestamp_out_of_range"),
+])
+def test_bad_and_out_of_range_timestamps_are_quarantined(router, value, reason):
+    result = _rejected(_with(router, "timestamp", value))
+    assert (result.reason, result.field) == (reason, "timestamp")
+
+
+def test_request_and_response_as_json_strings(router):
+    obj = json.loads(json.dumps(router))
+    obj["request"], obj["response"] = json.dumps(obj["request"]), json.dumps(obj["response"])
+    record = parse_line("f:1", json.dumps(obj))
+    assert isinstance(record, LogRecord) and record.request == router["request"] and record.response == router["response"]
+    assert record.to_dict()["request"] == router["request"]  # stored as objects
+    for field, bad in (("request", "not json"), ("request", "[1, 2]"), ("response", "{")):
+        result = _rejected(_with(router, field, bad))
+        assert result.field == field and "string" in result.detail
+
+
+def test_the_blueprint_record_keeps_client_id_and_extra_fields(router):
+    obj = {**json.loads(json.dumps(router)), "timestamp": 1795514400, "client_id": "aiva-1", "labels": {"intent": "x"}}
+    record = parse_line("f:1", json.dumps(obj))
+    assert record.client_id == "aiva-1" and record.extra == {"labels": {"intent": "x"}}
+    assert record.to_dict()["timestamp"] == "2026-11-24T10:00:00Z" and record.to_dict()["labels"] == {"intent": "x"}
 
 
 def test_nesting_depth():

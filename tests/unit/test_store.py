@@ -36,7 +36,8 @@ def _run(conn, key="flywheel_on_demand/r1"):
 def _dataset(key, **over):
     row = {"run_key": key, "workload_id": "w", "kind": "chat", "n_in": 10, "n_accepted": 7, "n_quarantined": 2,
            "n_duplicates": 1, "n_eval": 3, "n_train": 3, "n_val": 1, "usable": True, "reason": None,
-           "pii": {"email": 2}, "dataset_hash": "h", "uri": "file:///x"}
+           "pii": {"email": 2}, "dataset_hash": "h", "uri": "file:///x", "n_over_limit": 0,
+           "class_counts": {"eval": {"text": 3}}, "warnings": []}
     return {**row, **over}
 
 
@@ -73,6 +74,9 @@ def test_counts_must_add_up(flywheel_db):
     key = _run(flywheel_db)
     with pytest.raises(Exception, match="violates check constraint"):
         store.execute(flywheel_db, "upsert_dataset", _dataset(key, n_in=11))
+    with pytest.raises(Exception, match="datasets_splits_add_up"):
+        store.execute(flywheel_db, "upsert_dataset", _dataset(key, n_over_limit=1))
+    store.execute(flywheel_db, "upsert_dataset", _dataset(key, n_in=12, n_accepted=9, n_over_limit=2))
 
 
 def test_scores_must_be_in_unit_interval(flywheel_db):

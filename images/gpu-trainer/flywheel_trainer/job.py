@@ -119,8 +119,10 @@ def run_job(spec: JobSpec) -> dict:
         raise RuntimeError(f"{len(outputs)} outputs for {len(eval_rows)} eval prompts")
 
     _write_atomic(spec.output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    # ASCII JSON: U+2028, U+2029 and U+0085 in a generated text are escaped, so no JSONL reader can
+    # split a prediction in two.
     _write_atomic(spec.output_dir / "predictions.jsonl",
-                  "".join(json.dumps({"id": r["id"], "output": o}, ensure_ascii=False) + "\n"
+                  "".join(json.dumps({"id": r["id"], "output": o}) + "\n"
                           for r, o in zip(eval_rows, outputs)))
     print(f"{len(outputs)} predictions, {n_tokens} tokens generated in {metrics['generate_seconds']}s "
           f"with {rt.backend}; written to {spec.output_dir}", flush=True)

@@ -159,7 +159,8 @@ def parse_spec(raw: Any) -> JobSpec:
 def read_jsonl(path: Path, required: tuple[str, ...], *, field: str) -> list[dict[str, Any]]:
     """Rows of a JSONL input; `field` is the spec field that named the file (for the error)."""
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    # Split on "\n" only: str.splitlines() also splits inside a record at U+2028, U+0085, a bare CR...
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
         if not line.strip():
             continue
         try:

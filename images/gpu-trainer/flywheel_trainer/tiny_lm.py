@@ -22,7 +22,8 @@ PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 
 def read_corpus(path: Path) -> list[str]:
     texts = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    # Split on "\n" only: str.splitlines() also splits inside a record at U+2028, U+0085, a bare CR...
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -72,11 +72,20 @@ def register_run(
         "min_records": int(params.get("min_records") or cfg.min_records),
         "training_profile": params.get("training_profile") or os.environ.get("FLYWHEEL_TRAINING_PROFILE") or None,
     }
+    # A wrong eval size from the form fails the run here, with the reason, not deep in curation.
+    cfg.curation_settings(eval_size=plan["eval_size"])
     conn = get_conn()
     try:
         applied = store.migrate(conn)
         if applied:
             log.info("Applied migrations %s", applied)
+        if cfg.logs.source == "postgres":
+            from flywheel.adapters.postgres_logs import purge_raw
+
+            purged = purge_raw(conn, cfg.logs.raw_retention_days)
+            if purged:
+                log.info("Deleted %d raw (unredacted) log records older than %d days (logs.raw_retention_days)",
+                         purged, cfg.logs.raw_retention_days)
         store.execute(conn, "upsert_run", {
             "run_key": plan["run_key"], "dag_id": dag_id, "airflow_run_id": run_id,
             "interval_start": plan["interval_start"], "interval_end": plan["interval_end"], "params": plan,
@@ -86,14 +95,29 @@ def register_run(
     return plan
 
 
-def discover_workloads(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    from flywheel.discovery import decide_workloads
+def log_source(cfg: FlywheelConfig, conn):
+    """The configured log source (``logs.source``): the flywheel's PostgreSQL or Elasticsearch."""
+    if cfg.logs.source == "elasticsearch":
+        from flywheel.adapters.elasticsearch import ElasticsearchLogSource
+
+        es = cfg.logs.elasticsearch
+        return ElasticsearchLogSource.from_connection(es.conn_id, es.index, page_size=es.page_size,
+                                                      keep_alive=es.keep_alive)
     from flywheel.adapters.postgres_logs import PostgresLogSource
 
+    return PostgresLogSource(conn)
+
+
+def discover_workloads(plan: dict[str, Any], cfg: FlywheelConfig | None = None) -> list[dict[str, Any]]:
+    from flywheel.discovery import decide_workloads
+
+    cfg = cfg or load_config()
     conn = get_conn()
     try:
-        counts = PostgresLogSource(conn).count_by_workload(plan["interval_start"], plan["interval_end"])
-        decisions = decide_workloads(counts, min_records=plan["min_records"], requested=plan["workloads"])
+        source = log_source(cfg, conn)
+        counts = source.count_by_workload(_dt(plan["interval_start"]), _dt(plan["interval_end"]))
+        decisions = decide_workloads(counts, min_records=plan["min_records"], requested=plan["workloads"],
+                                     usable=getattr(source, "counts_usable", True))
         store.execute_many(conn, "upsert_workload", ({"run_key": plan["run_key"], **d.to_dict()} for d in decisions))
     finally:
         conn.close()
@@ -106,43 +130,67 @@ def discover_workloads(plan: dict[str, Any]) -> list[dict[str, Any]]:
             for d in decisions if d.selected]
 
 
+def _dt(value: Any) -> datetime:
+    return _aware(datetime.fromisoformat(value) if isinstance(value, str) else value)
+
+
+# Below this many records one process is faster than starting a pool of Presidio workers.
+POOL_MIN_RECORDS = 20_000
+
+
 def curate_workload(plan: dict[str, Any], target: dict[str, Any], cfg: FlywheelConfig | None = None) -> dict[str, Any]:
-    """Pull, redact, validate, dedup and split one workload; store counts, quarantine and dataset."""
-    from flywheel.curation import curate
-    from flywheel.records import parse_line
-    from flywheel.adapters.postgres_logs import PostgresLogSource
+    """Scan, validate, dedup, split and redact one workload from the log source, in bounded
+    memory; store counts, quarantine and the dataset (see flywheel.curation)."""
+    from flywheel.curation import curate_stream
 
     cfg = cfg or load_config()
+    settings = cfg.curation_settings(eval_size=plan["eval_size"])
     run_key, workload_id = plan["run_key"], target["workload_id"]
+    start, end = _dt(plan["interval_start"]), _dt(plan["interval_end"])
+    workers = cfg.curation_workers if int(target.get("n_records") or 0) >= POOL_MIN_RECORDS else 1
     conn = get_conn()
+    quarantine: list[dict[str, Any]] = []
     try:
-        source = PostgresLogSource(conn)
-        parsed = (
-            parse_line(ref, raw, max_bytes=cfg.max_record_bytes)
-            for ref, raw in source.fetch(workload_id, plan["interval_start"], plan["interval_end"])
-        )
-        result = curate(parsed, eval_size=plan["eval_size"], val_ratio=cfg.val_ratio, seed=cfg.seed,
-                        min_train=cfg.min_train)
-        rows = result.to_rows()
-        uri = object_storage.put_jsonl("datasets", rows) if result.usable else None
-        store.execute_many(conn, "insert_quarantine", (
-            {"run_key": run_key, "stage": "curate", "source_ref": q.source_id, "workload_id": workload_id,
-             "reason": q.reason, "field": q.field, "detail": q.detail}
-            for q in result.quarantine
-        ))
+        source = log_source(cfg, conn)
+
+        def on_rejection(q) -> None:
+            quarantine.append({"run_key": run_key, "stage": "curate", "source_ref": q.source_id,
+                               "workload_id": workload_id, "reason": q.reason, "field": q.field, "detail": q.detail})
+            if len(quarantine) >= 1000:
+                store.execute_many(conn, "insert_quarantine", quarantine)
+                quarantine.clear()
+
+        with object_storage.JsonlWriter("datasets") as writer:
+            result = curate_stream(source.scan(workload_id, start, end), source.fetch, settings,
+                                   on_rejection=on_rejection, on_row=writer.write, max_bytes=cfg.max_record_bytes,
+                                   workers=workers)
+        store.execute_many(conn, "insert_quarantine", quarantine)
+        if result.usable and result.n_accepted < plan["min_records"]:
+            # Discovery's count may include records curation rejects or merges (Elasticsearch
+            # counts documents): the minimum holds for usable records.
+            result.usable = False
+            result.reason = (f"only {result.n_accepted} usable records after validation and dedup, fewer than "
+                             f"min_records={plan['min_records']}")
+        uri = writer.uri if result.usable else None
+        table = result.class_table()
         dataset = {
             "run_key": run_key, "workload_id": workload_id, "kind": result.kind,
             "n_in": result.n_in, "n_accepted": result.n_accepted, "n_quarantined": result.n_quarantined,
             "n_duplicates": result.n_duplicates, "n_eval": result.n_eval, "n_train": result.n_train,
-            "n_val": result.n_val, "usable": result.usable, "reason": result.reason,
-            "pii": dict(result.pii), "dataset_hash": result.dataset_hash, "uri": uri,
+            "n_val": result.n_val, "n_over_limit": result.n_over_limit, "usable": result.usable,
+            "reason": result.reason, "pii": dict(result.pii), "dataset_hash": result.dataset_hash, "uri": uri,
+            "class_counts": {split: {k: int(v) for k, v in table[split].items() if v} for split in table.columns},
+            "warnings": result.warnings,
         }
         store.execute(conn, "upsert_dataset", dataset)
     finally:
         conn.close()
-    log.info("curated %s: in=%d accepted=%d quarantined=%d duplicates=%d -> eval=%d train=%d val=%d; pii=%s",
-             workload_id, result.n_in, result.n_accepted, result.n_quarantined, result.n_duplicates,
-             result.n_eval, result.n_train, result.n_val, dict(result.pii))
+    log.info("curated %s: in=%d accepted=%d quarantined=%d duplicates=%d -> eval=%d train=%d val=%d "
+             "(over the limit: %d); pii=%s\n%s", workload_id, result.n_in, result.n_accepted, result.n_quarantined,
+             result.n_duplicates, result.n_eval, result.n_train, result.n_val, result.n_over_limit,
+             dict(result.pii), table.to_string() if len(table) else "(no classes)")
+    for warning in result.warnings:
+        log.warning("workload %s: %s", workload_id, warning)
     if not result.usable:
         log.warning("workload %s has no usable dataset: %s", workload_id, result.reason)
     return dataset

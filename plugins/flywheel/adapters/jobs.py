@@ -130,16 +130,17 @@ def _model_fingerprint(model_path: str) -> str:
 
 def load_predictions(output_dir: str | Path) -> dict[str, Prediction]:
     """The trainer's predictions.jsonl by item id (token counts kept when the generator wrote them)."""
+    from flywheel.records import read_jsonl_text
+
     path = Path(output_dir) / "predictions.jsonl"
     preds = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            preds[str(row["id"])] = Prediction(
-                id=str(row["id"]), output=str(row.get("output") or ""),
-                prompt_tokens=_count(row.get("prompt_tokens")), completion_tokens=_count(row.get("completion_tokens")),
-                latency_s=row.get("latency_s") if isinstance(row.get("latency_s"), (int, float)) else None,
-            )
+    # Split on "\n" only (a generated U+2028 must not cut a prediction in two).
+    for row in read_jsonl_text(path.read_bytes()):
+        preds[str(row["id"])] = Prediction(
+            id=str(row["id"]), output=str(row.get("output") or ""),
+            prompt_tokens=_count(row.get("prompt_tokens")), completion_tokens=_count(row.get("completion_tokens")),
+            latency_s=row.get("latency_s") if isinstance(row.get("latency_s"), (int, float)) else None,
+        )
     return preds
 
 

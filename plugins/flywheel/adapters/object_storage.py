@@ -15,6 +15,8 @@ from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
+from flywheel.records import dumps_jsonl, read_jsonl_text
+
 
 def artifact_root() -> ObjectStoragePath:
     root = os.environ.get("FLYWHEEL_ARTIFACTS")
@@ -41,13 +43,59 @@ def put_content(kind: str, data: bytes, suffix: str, root: ObjectStoragePath | N
 
 
 def put_jsonl(kind: str, rows: list[dict[str, Any]], root: ObjectStoragePath | None = None) -> str:
-    data = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows).encode()
-    return put_content(kind, data, ".jsonl", root)
+    return put_content(kind, dumps_jsonl(rows).encode("utf-8"), ".jsonl", root)
 
 
 def read_jsonl(uri: str) -> list[dict[str, Any]]:
-    text = ObjectStoragePath(uri).read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    # Split on "\n" only: str.splitlines() would also split inside a record at U+2028, U+0085...
+    return read_jsonl_text(ObjectStoragePath(uri).read_bytes())
+
+
+class JsonlWriter:
+    """Rows streamed to a local spill file, then stored once under their content hash, like
+    ``put_jsonl`` but without holding the rows in memory::
+
+        with JsonlWriter("datasets") as out:
+            for row in rows:
+                out.write(row)
+        uri = out.uri
+    """
+
+    def __init__(self, kind: str, root: ObjectStoragePath | None = None) -> None:
+        self.kind, self.root = kind, root
+        self.uri: str | None = None
+        self.rows = 0
+
+    def __enter__(self) -> JsonlWriter:
+        import tempfile
+
+        self._hash = hashlib.sha256()
+        self._file = tempfile.NamedTemporaryFile("wb", prefix="flywheel-jsonl-", suffix=".jsonl", delete=False)
+        return self
+
+    def write(self, row: dict[str, Any]) -> None:
+        data = dumps_jsonl([row]).encode("utf-8")
+        self._hash.update(data)
+        self._file.write(data)
+        self.rows += 1
+
+    def __exit__(self, exc_type, *exc) -> None:
+        import shutil
+
+        self._file.close()
+        try:
+            if exc_type is None:
+                root = self.root or artifact_root()
+                path = root / self.kind / f"{self._hash.hexdigest()}.jsonl"
+                if not path.exists():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+                    with open(self._file.name, "rb") as src, tmp.open("wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                    tmp.rename(path)  # readers never see a half-written artifact
+                self.uri = str(path)
+        finally:
+            os.unlink(self._file.name)
 
 
 def local_path(uri: str) -> Path:
