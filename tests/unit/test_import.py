@@ -272,3 +272,44 @@ def test_artifact_jsonl_writers_and_readers_agree_on_line_ends(tmp_path):
         json.dumps({"id": "a", "output": "x\u2028y"}, ensure_ascii=False) + "\n" + json.dumps({"id": "b", "output": "z"})
         + "\n", encoding="utf-8")
     assert load_predictions(tmp_path) == {"a": "x\u2028y", "b": "z"}
+
+
+def test_the_curate_task_streams_from_the_store_to_a_dataset(flywheel_db, tmp_path, monkeypatch):
+    """The Airflow task functions (register, discover, curate) on imported logs, without Airflow
+    running: the same code the DAG calls, with the test database as the flywheel_db connection."""
+    from flywheel.adapters import airflow_tasks as tasks
+    from flywheel.adapters import object_storage
+    from flywheel.config import load_config
+
+    monkeypatch.setenv("FLYWHEEL_ARTIFACTS", f"file://{tmp_path}/artifacts")
+    driver = type(flywheel_db).__module__.split(".")[0]
+
+    def connect():
+        import importlib
+
+        dsn = flywheel_db.dsn if driver == "psycopg2" else flywheel_db.info.dsn
+        return importlib.import_module(driver).connect(dsn)
+
+    monkeypatch.setattr(tasks, "get_conn", connect)
+    lines = generate_logs(n_records=900, end=END, days=3, seed=5, timestamps="epoch")
+    path = tmp_path / "demo.jsonl"
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    report = import_file(flywheel_db, path)
+    cfg = load_config()
+    plan = tasks.register_run(dag_id="flywheel_on_demand", run_id="manual__t", interval_start=END - timedelta(days=3),
+                              interval_end=END, params={"eval_size": 20}, cfg=cfg)
+    targets = tasks.discover_workloads(plan, cfg)
+    assert {t["workload_id"] for t in targets} == {"tool_router", "support_qa", "invoice_extraction"}
+    router = next(t for t in targets if t["workload_id"] == "tool_router")
+    dataset = tasks.curate_workload(plan, router, cfg)
+    assert dataset["usable"] and dataset["n_eval"] == 20 and dataset["n_accepted"] == router["n_records"]
+    assert dataset["n_in"] == dataset["n_accepted"] + dataset["n_quarantined"] + dataset["n_duplicates"]
+    rows = object_storage.read_jsonl(dataset["uri"])
+    assert len(rows) == dataset["n_eval"] + dataset["n_train"] + dataset["n_val"]
+    assert sum(dataset["class_counts"]["eval"].values()) == 20 and report.pii["email"] > 0
+    assert "@example.com" not in json.dumps(rows)
+    stored = _rows(flywheel_db, "SELECT n_in, n_over_limit, class_counts, warnings FROM datasets")
+    assert stored[0]["n_in"] == dataset["n_in"] and stored[0]["class_counts"] == dataset["class_counts"]
+    with pytest.raises(Exception, match="eval_size=1 is invalid"):
+        tasks.register_run(dag_id="flywheel_on_demand", run_id="manual__bad", interval_start=None,
+                           interval_end=None, params={"eval_size": 1}, cfg=cfg)
