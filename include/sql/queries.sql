@@ -240,8 +240,12 @@ SET requests_in_window = EXCLUDED.requests_in_window, window_days = EXCLUDED.win
     note = EXCLUDED.note;
 
 -- name: run_window
-SELECT r.interval_start, r.interval_end, w.n_records
-FROM runs r LEFT JOIN workloads w ON w.run_key = r.run_key AND w.workload_id = %(workload_id)s
+-- Traffic in the window: every record curation read (datasets.n_in, duplicates and malformed ones
+-- included: each was a production call); discovery's n_records counts distinct usable requests.
+SELECT r.interval_start, r.interval_end, COALESCE(d.n_in, w.n_records) AS n_records
+FROM runs r
+LEFT JOIN workloads w ON w.run_key = r.run_key AND w.workload_id = %(workload_id)s
+LEFT JOIN datasets d ON d.run_key = r.run_key AND d.workload_id = %(workload_id)s
 WHERE r.run_key = %(run_key)s;
 
 -- name: judge_cache_get

@@ -27,9 +27,10 @@ def _setup(conn):
     store.execute(conn, "upsert_workload", {"run_key": "r/1", "workload_id": "router", "n_records": 3000,
                                             "selected": True, "reason": None})
     store.execute(conn, "upsert_dataset", {"run_key": "r/1", "workload_id": "router", "kind": "tool_calling",
-                                           "n_in": 9, "n_accepted": 9, "n_quarantined": 0, "n_duplicates": 0,
+                                           "n_in": 3000, "n_accepted": 9, "n_quarantined": 0, "n_duplicates": 2991,
                                            "n_eval": 8, "n_train": 1, "n_val": 0, "usable": True, "reason": None,
-                                           "pii": {}, "dataset_hash": "h", "uri": "file:///x"})
+                                           "pii": {}, "dataset_hash": "h", "uri": "file:///x", "n_over_limit": 0,
+                                           "class_counts": {}, "warnings": []})
     key = spec().key
     store.execute(conn, "upsert_experiment", {**key, "status": "succeeded", "backend": "local", "gpus": 1})
     return key
