@@ -18,15 +18,15 @@ test: install ## run the whole test suite
 install: $(STAMP)
 
 # Idempotent: re-runs only when a requirements file or pyproject changes.
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml images/gpu-trainer/pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml images/gpu-trainer/pyproject.toml clients/capture/pyproject.toml
 	@echo "==> [1/4] virtualenv $(VENV)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "==> [2/4] $(TORCH) (CPU wheel) first, so nothing else can pull a CUDA build"
 	@$(PIP) install --progress-bar on "$(TORCH)"
 	@echo "==> [3/4] Airflow 3 + providers + ML libraries (requirements.txt, requirements-dev.txt)"
 	@$(PIP) install --progress-bar on -c constraints.txt -r requirements.txt -r requirements-dev.txt
-	@echo "==> [4/4] this project (editable: flywheel, flywheel_local, flywheel_operators, flywheel_trainer)"
-	@$(PIP) install --no-deps -e . -e images/gpu-trainer
+	@echo "==> [4/4] this project (editable: flywheel, flywheel_local, flywheel_operators, flywheel_trainer, flywheel_capture)"
+	@$(PIP) install --no-deps -e . -e images/gpu-trainer -e clients/capture
 	@$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	@touch $(STAMP)
 

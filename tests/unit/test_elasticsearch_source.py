@@ -64,8 +64,12 @@ class Replay:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 url = urlsplit(self.path)
+                try:
+                    parsed = json.loads(raw) if raw else None
+                except ValueError:  # NDJSON (_bulk)
+                    parsed = None
                 replay.requests.append({"method": self.command, "path": url.path, "query": parse_qs(url.query),
-                                        "body": json.loads(raw) if raw else None, "headers": dict(self.headers)})
+                                        "body": parsed, "raw": raw, "headers": dict(self.headers)})
                 if not replay.script:
                     status, body = 500, {"error": "unexpected request"}
                 else:
@@ -262,6 +266,39 @@ def test_the_source_comes_from_an_airflow_connection_and_speaks_es8(es, monkeypa
     headers = {k.lower(): v for k, v in es.requests[0]["headers"].items()}
     assert headers["authorization"].startswith("Basic ")
     assert "compatible-with=8" in headers["accept"]
+
+
+def test_the_capture_clients_elasticsearch_sink_writes_blueprint_documents_once(es):
+    from elasticsearch import Elasticsearch
+
+    from flywheel.ingest import prepare_obj
+    from flywheel_capture import ElasticsearchSink
+
+    records = [prepare_obj(f"c:{i}", {**doc(i, text=f"mail me at u{i}@example.com"), "timestamp": T + i + 0.5})
+               for i in range(3)]
+    es.expect("PUT", "/_bulk", {"errors": True, "took": 12, "items": [
+        {"create": {"_index": "flywheel", "_id": records[0].record_hash, "_version": 1, "result": "created",
+                    "_shards": {"total": 2, "successful": 1, "failed": 0}, "_seq_no": 0, "_primary_term": 1,
+                    "status": 201}},
+        {"create": {"_index": "flywheel", "_id": records[1].record_hash, "status": 409, "error": {
+            "type": "version_conflict_engine_exception",
+            "reason": f"[{records[1].record_hash}]: version conflict, document already exists (current version [1])",
+            "index_uuid": "aAsFqTI0Tc2W0LCWgPNrOA", "shard": "0", "index": "flywheel"}}},
+        {"create": {"_index": "flywheel", "_id": records[2].record_hash, "_version": 1, "result": "created",
+                    "_shards": {"total": 2, "successful": 1, "failed": 0}, "_seq_no": 1, "_primary_term": 1,
+                    "status": 201}}]})
+    sink = ElasticsearchSink(Elasticsearch(es.url, request_timeout=5, max_retries=0), "flywheel")
+    assert sink.write(records) == (2, 1)
+    lines = [json.loads(line) for line in es.requests[0]["raw"].decode().strip().split("\n")]
+    assert lines[0] == {"create": {"_index": "flywheel", "_id": records[0].record_hash}}
+    assert lines[1]["timestamp"] == T and set(lines[1]) == {"timestamp", "workload_id", "client_id", "request",
+                                                            "response"}  # the blueprint's strict mapping
+    assert lines[1]["request"]["messages"][0]["content"] == "mail me at <EMAIL_1>"
+    es.expect("PUT", "/_bulk", {"errors": True, "took": 3, "items": [{"create": {
+        "_index": "flywheel", "_id": "x", "status": 400, "error": {"type": "strict_dynamic_mapping_exception",
+                                                                   "reason": "mapping set to strict"}}}]})
+    with pytest.raises(RuntimeError, match="strict_dynamic_mapping_exception"):
+        sink.write(records[:1])
 
 
 # ---------------------------------------------------------------- a real cluster
