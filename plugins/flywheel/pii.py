@@ -78,6 +78,10 @@ LITERAL_GATES = {
                          "aiza", "eyj", "bearer", "key", "secret", "token", "passw"),
 }
 PHONE_REGIONS = ("US", "GB", "DE", "FR", "ES", "IT", "NL", "SE", "IN", "BR", "AU", "CA")
+# A string value under a key named like a secret is a secret, whatever it looks like.
+_SECRET_KEY = re.compile(r"(?i)(?:^|[_-])(?:api[_-]?key|apikey|secret|token|password|passwd|pwd|credentials?|"
+                         r"private[_-]?key|access[_-]?key|auth)(?:$|[_-])|^(?:access|secret|auth)key$")
+_SECRET_VALUE = re.compile(r"\S{8,4096}")
 # Presidio's default context_similarity_factor: what a context word adds to a finding's score.
 CONTEXT_BOOST = 0.35
 _PLACEHOLDER = re.compile(r"<(?:EMAIL|PHONE|CARD|IBAN|SSN|IP|SECRET|PERSON|LOCATION)_\d+>")
@@ -138,7 +142,8 @@ def _regex_recognizer_class():
 
         def __init__(self, entity: str, name: str, patterns: list[tuple],
                      validate: Callable[[str], bool | None] | None = None, context: list[str] | None = None,
-                     flags: int = 0, edge: str | None = None) -> None:
+                     flags: int = 0, edge: str | None = None, edge_after: str | None = None,
+                     reject_after: str | None = None) -> None:
             self.entity = entity
             # (regex, score, group[, needles]): a pattern with needles runs only when one of them
             # occurs in the lower-cased text.
@@ -148,6 +153,10 @@ def _regex_recognizer_class():
             # look-arounds, so that each pattern starts with a character class the regex engine
             # can scan for quickly.
             self.edge = re.compile(edge) if edge else None
+            self.edge_after = re.compile(edge_after) if edge_after else self.edge
+            # A finding is dropped when the text before it ends with this pattern (e.g. the start of
+            # an IBAN before what looks like a phone number: the IBAN's own digit groups).
+            self.reject_after = re.compile(reject_after) if reject_after else None
             super().__init__(supported_entities=[entity], name=name, context=context)
 
         def load(self) -> None:
@@ -164,7 +173,9 @@ def _regex_recognizer_class():
                 for match in rx.finditer(text):
                     start, end = match.span(group)
                     if self.edge is not None and ((start > 0 and self.edge.match(text, start - 1))
-                                                  or (end < len(text) and self.edge.match(text, end))):
+                                                  or (end < len(text) and self.edge_after.match(text, end))):
+                        continue
+                    if self.reject_after is not None and self.reject_after.search(text, max(0, start - 64), start):
                         continue
                     verdict = self.validate(text[start:end]) if self.validate else None
                     if verdict is False:
@@ -181,10 +192,19 @@ def _regex_recognizer_class():
 def _valid_phone(regions: tuple[str, ...]) -> Callable[[str], bool]:
     import phonenumbers
 
+    ssn_shape = re.compile(r"\d{3}([ -])\d{2}\1\d{4}")
+
     def valid(text: str) -> bool:
         digits = sum(ch.isdigit() for ch in text)
-        if not 7 <= digits <= 15:
+        if not 7 <= digits <= 15 or ssn_shape.fullmatch(text):  # 123-45-6789 is an SSN's shape, never a phone's
             return False
+        if not text.startswith("+") and text.isdigit() and digits >= 11:
+            # E.164 digits without the '+' (a number logged as a JSON number): the country code leads.
+            try:
+                if phonenumbers.is_valid_number(phonenumbers.parse("+" + text, None)):
+                    return True
+            except phonenumbers.NumberParseException:
+                pass
         for region in ((None,) if text.startswith("+") else regions):
             try:
                 if phonenumbers.is_valid_number(phonenumbers.parse(text, region)):
@@ -217,6 +237,21 @@ def _valid_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _ssn_recognizer():
+    """Presidio's UsSsnRecognizer, also refusing numbers the SSA never issues: area 9xx (ITINs and
+    unassigned), group 00, serial 0000 (Presidio refuses 000 and 666 areas and known samples)."""
+    from presidio_analyzer.predefined_recognizers import UsSsnRecognizer
+
+    class SsnRecognizer(UsSsnRecognizer):
+        def invalidate_result(self, pattern_text: str) -> bool:
+            digits = "".join(ch for ch in pattern_text if ch.isdigit())
+            if len(digits) == 9 and (digits[0] == "9" or digits[3:5] == "00" or digits[5:] == "0000"):
+                return True
+            return super().invalidate_result(pattern_text)
+
+    return SsnRecognizer()
 
 
 def _email_recognizer_class():
@@ -274,15 +309,18 @@ def _custom_recognizers(phone_regions: tuple[str, ...]):
             (r"\+\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{1,5}){1,6}"
              r"|\(\d{2,5}\)[ .-]?\d{2,5}(?:[ .-]?\d{2,5}){0,3}"
              r"|0\d{1,4}(?:[ /.-]?\d{2,8}){1,4}"
-             r"|[1-9]\d{2}([ .-])\d{3}\1\d{4}", 0.4, 0),
-            (r"[1-9]\d{9,10}", 0.3, 0),
+             r"|[1-9]\d{2}([ .-])\d{3}\1\d{4}"
+             r"|[1-9]\d{1,4}(?: \d{2,5}){2,4}", 0.4, 0),  # national groups (ES 810 12 56 99); spaces only, not dates
+            (r"[1-9]\d{9,14}", 0.3, 0),
         ], validate=_valid_phone(phone_regions), edge=r"[\w+-]",
+            reject_after=r"\b[A-Z]{2}\d{2}(?: [A-Z0-9]{4})+ $",
             context=["phone", "call", "tel", "mobile", "cell", "whatsapp", "fax", "number"]),
         RegexRecognizer("IP_ADDRESS", "FlywheelIpRecognizer", [
             (r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}", 0.6, 0),
             (r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:(?:[0-9A-Fa-f]{0,4}:){0,5}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?",
              0.6, 0),
-        ], validate=_valid_ip, edge=r"[\w.:]", context=["ip", "address", "host", "server"]),
+        ], validate=_valid_ip, edge=r"[\w.:]", edge_after=r"[\w:]|\.\d",  # a sentence may end after an IP
+            context=["ip", "address", "host", "server"]),
         RegexRecognizer("URL_CREDENTIALS", "UrlCredentialsRecognizer", [
             # Scored above an e-mail: in https://user:pass@host the "pass@host" part is not an address.
             (r"://([^\s/@:]{1,256}:[^\s/@]{1,256})@", 1.0, 1)]),
@@ -325,12 +363,12 @@ class PresidioRedactor:
                  score_threshold: float = 0.4) -> None:
         _import_presidio()
         from presidio_analyzer import RecognizerRegistry
-        from presidio_analyzer.predefined_recognizers import IbanRecognizer, UsSsnRecognizer
+        from presidio_analyzer.predefined_recognizers import IbanRecognizer
         from presidio_anonymizer import AnonymizerEngine
 
         _offline_tldextract()
         self.registry = RecognizerRegistry(supported_languages=["en"])
-        for recognizer in (IbanRecognizer(), UsSsnRecognizer(),
+        for recognizer in (IbanRecognizer(), _ssn_recognizer(),
                            *_custom_recognizers(phone_regions)):
             self.registry.add_recognizer(recognizer)
         self.gates = {name: re.compile(gate) for name, gate in GATES.items()}
@@ -395,6 +433,12 @@ class PresidioRedactor:
                                          merge_entities_with_spaces=False).text
 
 
+# Equal score and length: the more specific entity wins (a 15-digit Luhn-valid number is a card,
+# even if it also parses as a phone number of some country).
+_PRIORITY = {"CREDIT_CARD": 0, "IBAN_CODE": 1, "US_SSN": 2, "API_KEY": 3, "URL_CREDENTIALS": 3, "EMAIL_ADDRESS": 4,
+             "IP_ADDRESS": 5, "PHONE_NUMBER": 6}
+
+
 def _resolve_overlaps(results: list) -> list[tuple[int, int, str]]:
     """Non-overlapping spans: the higher score wins, then the longer span (O(n log n))."""
     import bisect
@@ -402,7 +446,7 @@ def _resolve_overlaps(results: list) -> list[tuple[int, int, str]]:
     starts: list[int] = []
     ends: list[int] = []
     spans: list[tuple[int, int, str]] = []
-    for r in sorted(results, key=lambda r: (-r.score, -(r.end - r.start), r.start)):
+    for r in sorted(results, key=lambda r: (-r.score, -(r.end - r.start), _PRIORITY.get(r.entity_type, 9), r.start)):
         if r.entity_type not in ENTITIES or r.end <= r.start:
             continue
         i = bisect.bisect_right(starts, r.start)
@@ -464,6 +508,10 @@ class _RecordContext:
         """Every string in a JSON value (keys too; a value is analysed with its key as context,
         so ``{"ssn": "536228726"}`` is recognised); in tool arguments, long integers as well."""
         if isinstance(value, str):
+            if context and _SECRET_KEY.search(context) and _SECRET_VALUE.fullmatch(value) and not has_placeholder(value):
+                # {"api_key": "…"}, {"password": "…"}: the field's name says what the value is.
+                self.counts["api_key"] += 1
+                return self.placeholder("api_key", value)
             return self.text(value, context)
         if isinstance(value, list):
             return [self.value(v, in_arguments=in_arguments, context=context) for v in value]
