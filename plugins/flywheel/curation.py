@@ -133,6 +133,25 @@ def _norm_message(message: Any) -> Any:
     return out
 
 
+_TOOLS_CACHE: dict[str, str] = {}
+
+
+def _tools_digest(tools: Any) -> str:
+    """The normalized tools as canonical JSON, memoised: every record of a workload offers the same
+    tools, and normalizing them was half the cost of a dedup key. The cache key is ``repr`` (exact
+    for JSON values; a different key order only misses the cache)."""
+    if not tools:
+        return "[]"
+    key = repr(tools)
+    digest = _TOOLS_CACHE.get(key)
+    if digest is None:
+        digest = json.dumps(_norm_value(tools), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        if len(_TOOLS_CACHE) > 256:
+            _TOOLS_CACHE.clear()
+        _TOOLS_CACHE[key] = digest
+    return digest
+
+
 def normalized_request(request: dict[str, Any]) -> dict[str, Any]:
     """What makes two requests the same question: the messages (role, text, name, tool calls by
     name and arguments) and the tools offered; whitespace and key order do not matter, ids,
@@ -152,10 +171,11 @@ def _digest(obj: Any) -> int:
 
 def request_key(record: LogRecord, *, with_answer: bool = False) -> int:
     """A 64-bit digest of the normalized request (and answer, when asked): the dedup key."""
-    request = normalized_request(record.request)
+    messages = [_norm_message(m) for m in record.request.get("messages") or []]
+    parts: list[Any] = [messages, _tools_digest(record.request.get("tools"))]
     if with_answer:
-        return _digest([request, normalized_answer(record.assistant_message)])
-    return _digest(request)
+        parts.append(normalized_answer(record.assistant_message))
+    return _digest(parts)
 
 
 def request_hash(record: LogRecord, *, with_answer: bool = False) -> str:
@@ -389,6 +409,7 @@ class CurationResult:
     n_split: dict[str, int] = field(default_factory=lambda: {s: 0 for s in SPLITS})
     label_counts_by_split: dict[str, Counter] = field(default_factory=lambda: {s: Counter() for s in SPLITS})
     dataset_hash: str = hashlib.sha256().hexdigest()
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per pass (curate_stream)
     # Only filled by the in-memory `curate` (tests, small imports): the kept, redacted records.
     eval: list[LogRecord] = field(default_factory=list)
     train: list[LogRecord] = field(default_factory=list)
@@ -594,7 +615,11 @@ def curate_stream(
     those fetch keys again (any order). Rejections and rows are handed to the callbacks as they
     come, rows in dataset order (eval, train, val; each in time order).
     """
+    import time
+
     settings.check()
+    clock = time.perf_counter()
+    timings: dict[str, float] = {}
     # A custom redactor object lives in this process only.
     runner = _Runner(workers if redactor is None else 1)
     try:
@@ -604,7 +629,9 @@ def curate_stream(
                 rejection = acc.add(item)
                 if rejection is not None:
                     on_rejection(rejection)
+        timings["scan_s"] = time.perf_counter() - clock
         plan = plan_splits(acc)
+        timings["plan_s"] = time.perf_counter() - clock - timings["scan_s"]
         out = Materializer(plan, redactor=redactor)
         order = list(fetch_order(plan))
         for chunk in _chunks(order, max(batch, 1000)):
@@ -628,6 +655,8 @@ def curate_stream(
                 if row is not None:
                     on_row(row)
         result = out.finish()
+        timings["fetch_redact_write_s"] = time.perf_counter() - clock - timings["scan_s"] - timings["plan_s"]
+        result.timings = {k: round(v, 3) for k, v in timings.items()}
         for rejection in out.changed:
             on_rejection(rejection)
         result.reasons = Counter(acc.reasons)

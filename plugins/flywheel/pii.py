@@ -64,7 +64,7 @@ ENTITY_TYPES = tuple(dict.fromkeys(e for e, _ in ENTITIES.values()))
 # A recognizer runs on a string only when its gate matches: most strings fail every gate at once.
 GATES = {
     "FlywheelCardRecognizer": r"\d(?:[ -]?\d){12}",
-    "UsSsnRecognizer": r"\d(?:[ .-]?\d){8}",
+    "FlywheelSsnRecognizer": r"\d(?:[ .-]?\d){8}",
     "IbanRecognizer": r"[A-Za-z]{2}\d{2}",
     "FlywheelEmailRecognizer": r"@",
     "FlywheelPhoneRecognizer": r"\d(?:\D{0,3}\d){6}",
@@ -251,7 +251,7 @@ def _ssn_recognizer():
                 return True
             return super().invalidate_result(pattern_text)
 
-    return SsnRecognizer()
+    return SsnRecognizer(name="FlywheelSsnRecognizer")
 
 
 def _email_recognizer_class():
@@ -469,6 +469,19 @@ def default_redactor() -> PresidioRedactor:
 
 # ---------------------------------------------------------------- record-level redaction
 
+# Fields of the chat.completions schema whose values the API itself generates (ids, enums, the
+# model's name): no user ever types into them, and analysing a unique id per record was a third of
+# the redaction time. They are skipped only while they look generated (a short token without
+# spaces or '@'); anything else in them is redacted like every other string.
+GENERATED_FIELDS = frozenset({"id", "object", "model", "system_fingerprint", "finish_reason", "role", "type",
+                              "tool_call_id", "service_tier"})
+_GENERATED = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+def _generated(value: Any) -> bool:
+    return isinstance(value, str) and _GENERATED.fullmatch(value) is not None and "@" not in value
+
+
 class _RecordContext:
     """Placeholders of one record: the same value of a type gets the same number."""
 
@@ -540,7 +553,9 @@ class _RecordContext:
             return self.value(message)
         out = {}
         for key, item in message.items():
-            if key == "tool_calls" and isinstance(item, list):
+            if key in GENERATED_FIELDS and _generated(item):
+                out[key] = item
+            elif key == "tool_calls" and isinstance(item, list):
                 out[key] = [self.call(c) for c in item]
             elif key == "function_call" and isinstance(item, dict):  # the legacy single call
                 out[key] = self.function(item)
@@ -554,19 +569,25 @@ class _RecordContext:
     def call(self, call: Any) -> Any:
         if not isinstance(call, dict):
             return self.value(call)
-        return {k: (self.function(v) if k == "function" and isinstance(v, dict) else self.value(v))
+        return {k: (self.function(v) if k == "function" and isinstance(v, dict)
+                    else v if k in GENERATED_FIELDS and _generated(v) else self.value(v))
                 for k, v in call.items()}
 
     def request(self, request: dict[str, Any]) -> dict[str, Any]:
-        return {k: ([self.message(m) for m in v] if k == "messages" and isinstance(v, list) else self.value(v))
+        return {k: ([self.message(m) for m in v] if k == "messages" and isinstance(v, list)
+                    else v if k in GENERATED_FIELDS and _generated(v) else self.value(v))
                 for k, v in request.items()}
 
     def response(self, response: dict[str, Any]) -> dict[str, Any]:
         out = {}
         for key, item in response.items():
             if key == "choices" and isinstance(item, list):
-                out[key] = [{k: (self.message(v) if k == "message" else self.value(v)) for k, v in c.items()}
+                out[key] = [{k: (self.message(v) if k == "message"
+                                 else v if k in GENERATED_FIELDS and _generated(v) else self.value(v))
+                             for k, v in c.items()}
                             if isinstance(c, dict) else self.value(c) for c in item]
+            elif key in GENERATED_FIELDS and _generated(item):
+                out[key] = item
             else:
                 out[key] = self.value(item)
         return out

@@ -320,11 +320,12 @@ def _decoded(value: Any, name: str, reason: str) -> Any:
     return decoded
 
 
-def parse_obj(source_id: str, obj: Any) -> LogRecord | Rejection:
-    """Validate one decoded record."""
+def parse_obj(source_id: str, obj: Any, *, scanned: bool = False) -> LogRecord | Rejection:
+    """Validate one decoded record. ``scanned``: the caller has already ruled out NUL, lone
+    surrogates and deep nesting (see :func:`decode_line`), so the walk over every string is skipped."""
     if not isinstance(obj, dict):
         return _rejection(source_id, "not_an_object", "", "a log record must be a JSON object")
-    depth, problem = _scan(obj)
+    depth, problem = (1, None) if scanned else _scan(obj)
     if problem == "nul_character":
         return _rejection(source_id, "nul_character", "", "a string holds U+0000 (NUL); log text without NUL")
     if depth > MAX_DEPTH:
@@ -390,11 +391,24 @@ def decode_line(source_id: str, line: bytes | str, *, max_bytes: int = DEFAULT_M
         return _rejection(source_id, "invalid_json", "", "not valid JSON; log exactly one complete JSON object per line")
 
 
+# In JSON text, NUL and lone surrogates can only come from \\u escapes, and a document cannot nest
+# deeper than it has brackets: a line with none of these escapes and few brackets needs no walk.
+_RISKY_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def _needs_scan(line: bytes | str) -> bool:
+    if isinstance(line, bytes):
+        line = line.decode("utf-8", "replace")
+    return bool(_RISKY_ESCAPE.search(line)) or line.count("[") + line.count("{") > MAX_DEPTH
+
+
 def parse_line(source_id: str, line: bytes | str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> LogRecord | Rejection:
     """Validate one raw JSONL line (bytes as read, or text); the size cap is checked before
     anything is parsed."""
     obj = decode_line(source_id, line, max_bytes=max_bytes)
-    return obj if isinstance(obj, Rejection) else parse_obj(source_id, obj)
+    if isinstance(obj, Rejection):
+        return obj
+    return parse_obj(source_id, obj, scanned=not _needs_scan(line))
 
 
 # ---------------------------------------------------------------- JSONL, byte-exact
