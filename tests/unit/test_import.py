@@ -313,3 +313,40 @@ def test_the_curate_task_streams_from_the_store_to_a_dataset(flywheel_db, tmp_pa
     with pytest.raises(Exception, match="eval_size=1 is invalid"):
         tasks.register_run(dag_id="flywheel_on_demand", run_id="manual__bad", interval_start=None,
                            interval_end=None, params={"eval_size": 1}, cfg=cfg)
+
+
+def test_curation_survives_thousands_of_rejections_mid_scan(flywheel_db, tmp_path, monkeypatch):
+    """Rejections are flushed every 1,000 while the server-side cursor is still reading."""
+    from flywheel.adapters import airflow_tasks as tasks
+    from flywheel.config import load_config
+
+    monkeypatch.setenv("FLYWHEEL_ARTIFACTS", f"file://{tmp_path}/artifacts")
+    driver = type(flywheel_db).__module__.split(".")[0]
+
+    def connect():
+        import importlib
+
+        dsn = flywheel_db.dsn if driver == "psycopg2" else flywheel_db.info.dsn
+        return importlib.import_module(driver).connect(dsn)
+
+    monkeypatch.setattr(tasks, "get_conn", connect)
+    # Stored raw rows written by some other tool: 2,500 of them invalid (no answer), 200 valid.
+    with flywheel_db.cursor() as cur:
+        for i in range(2700):
+            record = _good(i)
+            if i % 27:
+                record["response"]["choices"][0]["message"]["content"] = ""
+            cur.execute("INSERT INTO production_logs (source, line_no, ts, workload_id, raw) "
+                        "VALUES ('other', %s, %s, 'tool_router', %s)",
+                        (i, datetime.fromtimestamp(T + i, tz=timezone.utc), json.dumps(record)))
+    flywheel_db.commit()
+    cfg = load_config()
+    plan = tasks.register_run(dag_id="flywheel_on_demand", run_id="manual__q", interval_start=START_Q,
+                              interval_end=START_Q + timedelta(days=2), params={"eval_size": 4, "min_records": 5},
+                              cfg=cfg)
+    dataset = tasks.curate_workload(plan, {"workload_id": "tool_router", "n_records": 2700}, cfg)
+    assert dataset["n_in"] == 2700 and dataset["n_quarantined"] == 2600 and dataset["n_accepted"] == 100
+    assert _rows(flywheel_db, "SELECT count(*) AS n FROM quarantine WHERE stage = 'curate'")[0]["n"] == 2600
+
+
+START_Q = datetime(2026, 11, 24, tzinfo=timezone.utc)

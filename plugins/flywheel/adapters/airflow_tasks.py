@@ -149,6 +149,9 @@ def curate_workload(plan: dict[str, Any], target: dict[str, Any], cfg: FlywheelC
     start, end = _dt(plan["interval_start"]), _dt(plan["interval_end"])
     workers = cfg.curation_workers if int(target.get("n_records") or 0) >= POOL_MIN_RECORDS else 1
     conn = get_conn()
+    # Quarantined records are written as they come, on a connection of their own: a commit on the
+    # reading connection would close its server-side cursor in the middle of the scan.
+    writer_conn = get_conn()
     quarantine: list[dict[str, Any]] = []
     try:
         source = log_source(cfg, conn)
@@ -157,14 +160,14 @@ def curate_workload(plan: dict[str, Any], target: dict[str, Any], cfg: FlywheelC
             quarantine.append({"run_key": run_key, "stage": "curate", "source_ref": q.source_id,
                                "workload_id": workload_id, "reason": q.reason, "field": q.field, "detail": q.detail})
             if len(quarantine) >= 1000:
-                store.execute_many(conn, "insert_quarantine", quarantine)
+                store.execute_many(writer_conn, "insert_quarantine", quarantine)
                 quarantine.clear()
 
         with object_storage.JsonlWriter("datasets") as writer:
             result = curate_stream(source.scan(workload_id, start, end), source.fetch, settings,
                                    on_rejection=on_rejection, on_row=writer.write, max_bytes=cfg.max_record_bytes,
                                    workers=workers)
-        store.execute_many(conn, "insert_quarantine", quarantine)
+        store.execute_many(writer_conn, "insert_quarantine", quarantine)
         if result.usable and result.n_accepted < plan["min_records"]:
             # Discovery's count may include records curation rejects or merges (Elasticsearch
             # counts documents): the minimum holds for usable records.
@@ -185,6 +188,7 @@ def curate_workload(plan: dict[str, Any], target: dict[str, Any], cfg: FlywheelC
         store.execute(conn, "upsert_dataset", dataset)
     finally:
         conn.close()
+        writer_conn.close()
     log.info("curated %s: in=%d accepted=%d quarantined=%d duplicates=%d -> eval=%d train=%d val=%d "
              "(over the limit: %d); pii=%s\n%s", workload_id, result.n_in, result.n_accepted, result.n_quarantined,
              result.n_duplicates, result.n_eval, result.n_train, result.n_val, result.n_over_limit,
