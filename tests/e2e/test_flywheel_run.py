@@ -103,8 +103,8 @@ def test_full_flywheel_run(e2e_stack):
     assert slices[0]["n"] >= 3  # one slice per tool
     traffic = e2e_stack.rows("SELECT * FROM workload_traffic WHERE run_key = %s", (run_key,))
     assert {t["workload_id"] for t in traffic} == set(selected)
-    assert all(t["n_with_usage"] > 0 and t["requests_in_window"] == workloads[t["workload_id"]]["n_records"]
-               for t in traffic)
+    n_in = {d["workload_id"]: d["n_in"] for d in datasets}  # every production call curation read
+    assert all(t["n_with_usage"] > 0 and t["requests_in_window"] == n_in[t["workload_id"]] for t in traffic)
 
     # The student learns the routing task: LoRA measurably beats zero-shot.
     by = {(s["workload_id"], s["strategy"]): s["score"] for s in scores}
