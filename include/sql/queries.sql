@@ -148,22 +148,6 @@ ON CONFLICT (run_key, workload_id, candidate, strategy) DO UPDATE
 SET decision = EXCLUDED.decision, reviewer = EXCLUDED.reviewer, comment = EXCLUDED.comment,
     decided_at = EXCLUDED.decided_at;
 
--- name: deployment_for_experiment
-SELECT id, workload_id, version, candidate, strategy, status FROM deployments
-WHERE run_key = %(run_key)s AND workload_id = %(workload_id)s AND candidate = %(candidate)s
-  AND strategy = %(strategy)s;
-
--- name: supersede_active
-UPDATE deployments SET status = 'superseded' WHERE workload_id = %(workload_id)s AND status = 'active';
-
--- name: insert_deployment
-INSERT INTO deployments (workload_id, version, candidate, strategy, model_path, adapter_uri, run_key,
-                         status, approved_by)
-SELECT %(workload_id)s, COALESCE(max(version), 0) + 1, %(candidate)s, %(strategy)s, %(model_path)s,
-       %(adapter_uri)s, %(run_key)s, 'active', %(approved_by)s
-FROM deployments WHERE workload_id = %(workload_id)s
-RETURNING id, workload_id, version, candidate, strategy, status;
-
 -- ---------------------------------------------------------------- logs in (issue 6)
 
 -- name: insert_log
@@ -295,3 +279,77 @@ SELECT judge_model, prompt_version, n, kappa, spearman, pass_mark, n_unscored, n
 FROM judge_calibration
 WHERE judge_model = %(judge_model)s AND prompt_version = %(prompt_version)s
 ORDER BY computed_at DESC LIMIT 1;
+
+-- ---- issue 10: serving, routing, rollback ------------------------------------------------------
+
+-- name: deployment_history
+SELECT workload_id, version, status, candidate, strategy, model_path, adapter_uri, served_model,
+       serving_path, rollback_of, run_key, approved_by, error, created_at, base_model, template_version,
+       dataset_hash, scores, endpoint, activated_at
+FROM deployments
+WHERE (%(workload_id)s::text IS NULL OR workload_id = %(workload_id)s)
+ORDER BY workload_id, version;
+
+-- name: first_deployment_of_experiment
+SELECT version, status FROM deployments
+WHERE run_key = %(run_key)s AND workload_id = %(workload_id)s AND candidate = %(candidate)s
+  AND strategy = %(strategy)s AND rollback_of IS NULL;
+
+-- name: register_deployment
+INSERT INTO deployments (workload_id, version, candidate, strategy, model_path, adapter_uri, run_key,
+                         status, approved_by, base_model, template_version, dataset_hash, scores,
+                         rollback_of, serving_path)
+SELECT %(workload_id)s, COALESCE(max(version), 0) + 1, %(candidate)s, %(strategy)s, %(model_path)s,
+       %(adapter_uri)s, %(run_key)s, 'pending', %(approved_by)s, %(base_model)s, %(template_version)s,
+       %(dataset_hash)s, %(scores)s, %(rollback_of)s, %(serving_path)s
+FROM deployments WHERE workload_id = %(workload_id)s
+RETURNING version;
+
+-- name: retry_deployment
+UPDATE deployments SET status = 'pending', error = NULL, approved_by = %(approved_by)s
+WHERE workload_id = %(workload_id)s AND version = %(version)s AND status = 'failed';
+
+-- name: set_serving_path
+UPDATE deployments SET serving_path = %(serving_path)s
+WHERE workload_id = %(workload_id)s AND version = %(version)s;
+
+-- name: fail_deployment
+UPDATE deployments SET status = 'failed', error = %(error)s, endpoint = %(endpoint)s
+WHERE workload_id = %(workload_id)s AND version = %(version)s AND status = 'pending';
+
+-- name: retire_active
+UPDATE deployments SET status = %(status)s
+WHERE workload_id = %(workload_id)s AND status = 'active';
+
+-- name: activate_deployment
+UPDATE deployments SET status = 'active', served_model = %(served_model)s, endpoint = %(endpoint)s,
+       activated_at = now(), error = NULL
+WHERE workload_id = %(workload_id)s AND version = %(version)s AND status = 'pending';
+
+-- name: upsert_route
+INSERT INTO routing (workload_id, endpoint, model, base_model, version, updated_by, updated_at)
+VALUES (%(workload_id)s, %(endpoint)s, %(model)s, %(base_model)s, %(version)s, %(updated_by)s, now())
+ON CONFLICT (workload_id) DO UPDATE
+SET endpoint = EXCLUDED.endpoint, model = EXCLUDED.model, base_model = EXCLUDED.base_model,
+    version = EXCLUDED.version, updated_by = EXCLUDED.updated_by, updated_at = now();
+
+-- name: routes
+SELECT workload_id, endpoint, model, base_model, version, updated_by, updated_at FROM routing
+WHERE (%(workload_id)s::text IS NULL OR workload_id = %(workload_id)s)
+ORDER BY workload_id;
+
+-- name: insert_deployment_event
+INSERT INTO deployment_events (workload_id, action, outcome, version, from_version, to_version, actor,
+                               reason, error)
+VALUES (%(workload_id)s, %(action)s, %(outcome)s, %(version)s, %(from_version)s, %(to_version)s,
+        %(actor)s, %(reason)s, %(error)s);
+
+-- name: deployment_events
+SELECT id, workload_id, action, outcome, version, from_version, to_version, actor, reason, error, created_at
+FROM deployment_events
+WHERE (%(workload_id)s::text IS NULL OR workload_id = %(workload_id)s)
+ORDER BY id;
+
+-- name: dataset_of_run
+SELECT dataset_hash, n_in, n_accepted, n_quarantined, n_duplicates, n_eval, n_train, n_val, pii, uri
+FROM datasets WHERE run_key = %(run_key)s AND workload_id = %(workload_id)s;

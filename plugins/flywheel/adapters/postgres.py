@@ -152,14 +152,10 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False)
 
 
-# --- review decisions and deployments -------------------------------------------------------
+# --- review decisions -----------------------------------------------------------------------
 
-def record_decision(conn, *, run_key: str, winner: dict[str, Any], decision: dict[str, Any], model_path: str) -> dict[str, Any]:
-    """Record a review and, if approved, a new active deployment version of the workload.
-
-    Idempotent: a retried task finds the deployment it already made for this experiment. Writers of
-    one workload are serialised so two runs approved at once still get distinct versions.
-    """
+def record_decision(conn, *, run_key: str, winner: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
+    """Record a review decision; the deployment of an approved one is flywheel.adapters.deployments'."""
     approved = is_approved(decision)
     key = {k: winner[k] for k in ("workload_id", "candidate", "strategy")}
     reviewer = reviewer_name(decision.get("responded_by_user"))
@@ -172,15 +168,4 @@ def record_decision(conn, *, run_key: str, winner: dict[str, Any], decision: dic
             "comment": comment_of(decision),
             "decided_at": decided_at,
         })
-        if not approved:
-            return {"decision": "rejected", **key}
-        advisory_lock(cur, f"deployments/{winner['workload_id']}")
-        existing = run_query(cur, "deployment_for_experiment", {"run_key": run_key, **key})
-        if existing:
-            return {"decision": "approved", **existing[0]}
-        run_query(cur, "supersede_active", {"workload_id": winner["workload_id"]})
-        adapter = f"{winner['output_uri']}/adapter" if winner["strategy"] == "lora" and winner.get("output_uri") else None
-        row = run_query(cur, "insert_deployment", {
-            "run_key": run_key, **key, "model_path": model_path, "adapter_uri": adapter, "approved_by": reviewer,
-        })[0]
-        return {"decision": "approved", **row}
+    return {"decision": "approved" if approved else "rejected", "reviewer": reviewer, **key}

@@ -1,0 +1,358 @@
+"""The embedded default's serving endpoint: an OpenAI-compatible server with vLLM's runtime LoRA API.
+
+    python -m flywheel_local.serving_server --port 8000 [--model NAME=PATH ...]
+
+Why our own and not ``transformers serve``: that server (transformers 5.24) loads whole models by
+id or path and has no way to add or remove a LoRA adapter at run time, which is what a deployment
+and a rollback do. vLLM does (``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter`` with
+VLLM_ALLOW_RUNTIME_LORA_UPDATING=True), so this server implements the same endpoints on
+transformers + peft and one client (flywheel.adapters.serving) drives both:
+
+    GET  /health, /v1/models
+    POST /v1/chat/completions      greedy decoding; "model" is a base model or a loaded adapter
+    POST /v1/load_lora_adapter     {"lora_name", "lora_path", "base_model"?}
+    POST /v1/unload_lora_adapter   {"lora_name"}
+
+Several base models (the configured candidates) are served from one process, each loaded on first
+use; adapters on one base share its weights (peft, one named adapter per deployed version).
+Requests are rendered exactly as the experiments rendered them (the model's chat template when its
+tokenizer has one, else the flywheel's prompt format of flywheel.prompts) and the output is parsed
+back into an assistant message (tool calls included). Work is serialised by one lock: this is a
+CPU server for a laptop-sized model, not a production server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from flywheel.prompts import parse_completion, render_prompt
+
+log = logging.getLogger("flywheel.serving")
+
+
+class ServingRefused(Exception):
+    def __init__(self, status: int, message: str, kind: str = "BadRequestError") -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+
+
+class ChatRequest(BaseModel):
+    model: str
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    tools: list[dict[str, Any]] | None = None
+    response_format: dict[str, Any] | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=4096)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
+    temperature: float | None = None  # accepted; decoding is greedy (documented)
+    stream: bool = False
+
+
+class LoadAdapter(BaseModel):
+    lora_name: str = Field(min_length=1, max_length=200)
+    lora_path: str = Field(min_length=1)
+    base_model: str | None = None
+
+
+class UnloadAdapter(BaseModel):
+    lora_name: str = Field(min_length=1, max_length=200)
+
+
+@dataclass
+class _Base:
+    name: str
+    path: str
+    tokenizer: Any = None
+    model: Any = None  # the base model, or the PeftModel wrapping it once an adapter is loaded
+    adapters: dict[str, str] = field(default_factory=dict)  # adapter name -> path
+
+    @property
+    def loaded(self) -> bool:
+        return self.model is not None
+
+
+def _local_path(path: str) -> Path:
+    return Path(path[len("file://"):] if path.startswith("file://") else path)
+
+
+def check_adapter_fits(adapter_dir: Path, model) -> None:
+    """Refuse an adapter whose LoRA matrices do not fit the base model, before touching the model.
+
+    peft would otherwise inject the adapter's layers and only then fail on the weights, leaving the
+    served model half-changed."""
+    from safetensors import safe_open
+
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():
+        raise ServingRefused(400, f"{adapter_dir} is not a LoRA adapter directory (no adapter_config.json)")
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as exc:
+        raise ServingRefused(400, f"{config_file} is not valid JSON: {exc}") from None
+    if config.get("peft_type") not in (None, "LORA"):
+        raise ServingRefused(400, f"{adapter_dir} is a {config.get('peft_type')} adapter; only LoRA is served")
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ServingRefused(400, f"{adapter_dir} has no adapter_model.safetensors")
+    modules = dict(model.named_modules())
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            for key in fh.keys():
+                if ".lora_A." not in key and ".lora_B." not in key:
+                    continue
+                shape = fh.get_slice(key).get_shape()
+                target = key.split(".lora_")[0].removeprefix("base_model.model.")
+                module = modules.get(target)
+                if module is None or not hasattr(module, "in_features"):
+                    raise ServingRefused(400, f"adapter {adapter_dir} targets {target}, which the base model does not have")
+                if ".lora_A." in key and shape[1] != module.in_features:
+                    raise ServingRefused(400, f"adapter {adapter_dir} does not fit the base model: {target} takes "
+                                              f"{module.in_features} inputs, the adapter expects {shape[1]}")
+                if ".lora_B." in key and shape[0] != module.out_features:
+                    raise ServingRefused(400, f"adapter {adapter_dir} does not fit the base model: {target} gives "
+                                              f"{module.out_features} outputs, the adapter expects {shape[0]}")
+    except ServingRefused:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a corrupt file: say so, keep serving
+        raise ServingRefused(400, f"cannot read the adapter weights {weights}: {exc}") from None
+
+
+class ModelRegistry:
+    """The served base models and the adapters loaded on them; every change under one lock."""
+
+    def __init__(self, bases: dict[str, str], *, max_new_tokens: int = 64, max_seq_len: int = 512) -> None:
+        self.bases = {name: _Base(name, path) for name, path in bases.items()}
+        self.max_new_tokens = max_new_tokens
+        self.max_seq_len = max_seq_len
+        self.lock = threading.Lock()
+
+    # --- loading --------------------------------------------------------------------------------
+    def _ensure_loaded(self, base: _Base) -> _Base:
+        if base.loaded:
+            return base
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = _local_path(base.path)
+        if not (path / "config.json").is_file():
+            raise ServingRefused(404, f"base model {base.name} has no weights at {path}", "NotFoundError")
+        base.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if base.tokenizer.pad_token_id is None:
+            base.tokenizer.pad_token = base.tokenizer.eos_token
+        base.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
+        log.info("loaded base model %s from %s", base.name, path)
+        return base
+
+    def _owner(self, adapter: str) -> _Base | None:
+        return next((b for b in self.bases.values() if adapter in b.adapters), None)
+
+    def list_models(self) -> list[dict[str, Any]]:
+        created = int(time.time())
+        with self.lock:
+            out = [{"id": b.name, "object": "model", "created": created, "owned_by": "flywheel-local",
+                    "root": b.path, "parent": None} for b in self.bases.values()]
+            for b in self.bases.values():
+                out += [{"id": a, "object": "model", "created": created, "owned_by": "flywheel-local",
+                         "root": p, "parent": b.name} for a, p in b.adapters.items()]
+        return out
+
+    def load_adapter(self, req: LoadAdapter) -> str:
+        from peft import PeftModel
+
+        with self.lock:
+            if req.lora_name in self.bases or self._owner(req.lora_name):
+                raise ServingRefused(400, f"The lora adapter '{req.lora_name}' has already been loaded.")
+            if req.base_model is None and len(self.bases) != 1:
+                raise ServingRefused(400, f"this server serves several base models ({', '.join(self.bases)}); "
+                                          "say which one the adapter belongs to in base_model")
+            name = req.base_model or next(iter(self.bases))
+            if name not in self.bases:
+                raise ServingRefused(404, f"base model {name!r} is not served here (served: {', '.join(self.bases)})",
+                                     "NotFoundError")
+            path = _local_path(req.lora_path)
+            if not path.is_dir():
+                raise ServingRefused(404, f"no adapter directory at {path}", "NotFoundError")
+            base = self._ensure_loaded(self.bases[name])
+            check_adapter_fits(path, base.model.get_base_model() if base.adapters else base.model)
+            try:
+                if base.adapters:
+                    base.model.load_adapter(str(path), adapter_name=req.lora_name)
+                else:
+                    base.model = PeftModel.from_pretrained(base.model, str(path), adapter_name=req.lora_name)
+            except Exception as exc:  # noqa: BLE001 - refuse it and keep serving what was served
+                self._drop(base, req.lora_name)
+                raise ServingRefused(400, f"loading adapter {req.lora_name!r} from {path} failed: {exc}") from None
+            base.model.eval()
+            base.adapters[req.lora_name] = str(path)
+            log.info("loaded adapter %s on %s from %s", req.lora_name, name, path)
+            return f"Success: LoRA adapter '{req.lora_name}' added successfully."
+
+    @staticmethod
+    def _drop(base: _Base, adapter: str) -> None:
+        from peft import PeftModel
+
+        if not isinstance(base.model, PeftModel):
+            return
+        if adapter in getattr(base.model, "peft_config", {}):
+            if len(base.model.peft_config) == 1:
+                base.model = base.model.unload()  # the last adapter: back to the plain base model
+            else:
+                base.model.delete_adapter(adapter)
+        base.adapters.pop(adapter, None)
+
+    def unload_adapter(self, req: UnloadAdapter) -> str:
+        with self.lock:
+            base = self._owner(req.lora_name)
+            if base is None:
+                raise ServingRefused(404, f"The lora adapter '{req.lora_name}' cannot be found.", "NotFoundError")
+            self._drop(base, req.lora_name)
+            log.info("unloaded adapter %s from %s", req.lora_name, base.name)
+            return f"Success: LoRA adapter '{req.lora_name}' removed successfully."
+
+    # --- generation -----------------------------------------------------------------------------
+    def render(self, tokenizer, req: ChatRequest) -> str:
+        """The prompt exactly as the experiments built it: the chat template when the model has one."""
+        request = req.model_dump(exclude_none=True)
+        if getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template(req.messages, tools=req.tools, add_generation_prompt=True,
+                                                 tokenize=False)
+        return render_prompt(request)
+
+    def chat(self, req: ChatRequest) -> dict[str, Any]:
+        import torch
+        from peft import PeftModel
+
+        from flywheel_trainer.generate import eos_ids, prompt_ids
+
+        if req.stream:
+            raise ServingRefused(400, "streaming is not supported by the local serving endpoint; send stream=false")
+        with self.lock:
+            if req.model in self.bases:
+                base, adapter = self._ensure_loaded(self.bases[req.model]), None
+            else:
+                base, adapter = self._owner(req.model), req.model
+                if base is None:
+                    raise ServingRefused(404, f"The model `{req.model}` does not exist.", "NotFoundError")
+            max_new = min(req.max_completion_tokens or req.max_tokens or self.max_new_tokens, self.max_seq_len - 1)
+            prompt = self.render(base.tokenizer, req)
+            ids = prompt_ids(base.tokenizer, [prompt], self.max_seq_len - max_new)[0]
+            stops = eos_ids(base.model, base.tokenizer)
+            model = base.model
+            input_ids = torch.tensor([ids])
+            kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new,
+                          do_sample=False, num_beams=1, eos_token_id=stops, pad_token_id=base.tokenizer.pad_token_id)
+            with torch.no_grad():
+                if adapter is not None:
+                    model.set_adapter(adapter)
+                    out = model.generate(**kwargs)
+                elif isinstance(model, PeftModel):
+                    with model.disable_adapter():  # the base model's own answer, adapters loaded or not
+                        out = model.generate(**kwargs)
+                else:
+                    out = model.generate(**kwargs)
+        tokens = out[0, len(ids):].tolist()
+        end = next((k for k, t in enumerate(tokens) if t in stops), None)
+        text = base.tokenizer.decode(tokens[:end], skip_special_tokens=True).strip()
+        message = parse_completion(text)
+        finish = "tool_calls" if message.get("tool_calls") else ("length" if end is None else "stop")
+        completion_tokens = len(tokens) if end is None else end + 1
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": req.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": {"prompt_tokens": len(ids), "completion_tokens": completion_tokens,
+                      "total_tokens": len(ids) + completion_tokens},
+        }
+
+
+def create_app(registry: ModelRegistry):
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, PlainTextResponse
+
+    app = FastAPI(title="flywheel local serving endpoint", version="1")
+
+    def error(status: int, message: str, kind: str) -> JSONResponse:
+        # The shape vLLM and OpenAI use, so a client handles both the same way.
+        return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+    @app.exception_handler(ServingRefused)
+    async def refused(_request: Request, exc: ServingRefused):
+        return error(exc.status, exc.message, exc.kind)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError):
+        details = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
+        return error(400, f"invalid request: {details}", "BadRequestError")
+
+    @app.get("/health")
+    def health():
+        return PlainTextResponse("ok")
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": registry.list_models()}
+
+    @app.post("/v1/chat/completions")
+    def chat(req: ChatRequest):
+        return registry.chat(req)
+
+    @app.post("/v1/load_lora_adapter")
+    def load(req: LoadAdapter):
+        return PlainTextResponse(registry.load_adapter(req))
+
+    @app.post("/v1/unload_lora_adapter")
+    def unload(req: UnloadAdapter):
+        return PlainTextResponse(registry.unload_adapter(req))
+
+    return app
+
+
+def _parse_models(values: list[str]) -> dict[str, str]:
+    out = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--model {v!r}: expected NAME=PATH")
+        out[name] = path
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flywheel_local.serving_server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--model", action="append", default=[],
+                        help="NAME=PATH of a base model to serve (repeat); default: every configured candidate")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("FLYWHEEL_SERVING_THREADS", "1")))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import torch
+    import uvicorn
+
+    from flywheel.config import load_config
+
+    torch.set_num_threads(max(1, args.threads))  # it shares the machine with Airflow's workers
+    cfg = load_config()
+    bases = _parse_models(args.model) or {name: c.model_path for name, c in cfg.candidates.items()}
+    registry = ModelRegistry(bases, max_new_tokens=cfg.max_new_tokens, max_seq_len=cfg.max_seq_len)
+    log.info("serving base models %s on %s:%d", ", ".join(bases), args.host, args.port)
+    uvicorn.run(create_app(registry), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
