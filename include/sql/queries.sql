@@ -353,3 +353,43 @@ ORDER BY id;
 -- name: dataset_of_run
 SELECT dataset_hash, n_in, n_accepted, n_quarantined, n_duplicates, n_eval, n_train, n_val, pii, uri
 FROM datasets WHERE run_key = %(run_key)s AND workload_id = %(workload_id)s;
+
+-- name: anchor_items
+SELECT item_id, slice, record, source, source_run_key, added_by, added_at FROM anchor_items
+WHERE workload_id = %(workload_id)s ORDER BY added_at, item_id;
+
+-- name: insert_anchor_item
+INSERT INTO anchor_items (workload_id, item_id, slice, record, source, source_run_key, added_by)
+VALUES (%(workload_id)s, %(item_id)s, %(slice)s, %(record)s, %(source)s, %(source_run_key)s, %(added_by)s)
+ON CONFLICT (workload_id, item_id) DO NOTHING;
+
+-- name: upsert_anchor_score
+INSERT INTO anchor_scores (run_key, workload_id, candidate, strategy, item_id, slice, score, prediction)
+VALUES (%(run_key)s, %(workload_id)s, %(candidate)s, %(strategy)s, %(item_id)s, %(slice)s, %(score)s,
+        %(prediction)s)
+ON CONFLICT (run_key, workload_id, candidate, strategy, item_id) DO UPDATE
+SET slice = EXCLUDED.slice, score = EXCLUDED.score, prediction = EXCLUDED.prediction;
+
+-- name: anchor_scores_of_experiment
+SELECT item_id, slice, score FROM anchor_scores
+WHERE run_key = %(run_key)s AND workload_id = %(workload_id)s AND candidate = %(candidate)s
+  AND strategy = %(strategy)s;
+
+-- name: eval_items_of_experiment
+SELECT item_id, slice, score, prediction FROM evaluations
+WHERE run_key = %(run_key)s AND workload_id = %(workload_id)s AND candidate = %(candidate)s
+  AND strategy = %(strategy)s;
+
+-- name: upsert_guard_verdict
+INSERT INTO guard_verdicts (run_key, workload_id, candidate, strategy, passed, reason, checks,
+                            active_version, baseline_version, budgets)
+VALUES (%(run_key)s, %(workload_id)s, %(candidate)s, %(strategy)s, %(passed)s, %(reason)s, %(checks)s,
+        %(active_version)s, %(baseline_version)s, %(budgets)s)
+ON CONFLICT (run_key, workload_id, candidate, strategy) DO UPDATE
+SET passed = EXCLUDED.passed, reason = EXCLUDED.reason, checks = EXCLUDED.checks,
+    active_version = EXCLUDED.active_version, baseline_version = EXCLUDED.baseline_version,
+    budgets = EXCLUDED.budgets, created_at = now();
+
+-- name: guard_verdicts_of_run
+SELECT workload_id, candidate, strategy, passed, reason, checks, active_version, baseline_version, budgets
+FROM guard_verdicts WHERE run_key = %(run_key)s ORDER BY workload_id, candidate, strategy;

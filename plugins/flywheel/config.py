@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
+
+from flywheel.regression import GuardBudgets
 
 from flywheel.costs import Prices
 
@@ -159,6 +162,7 @@ class FlywheelConfig:
     stratify_key: str | None = None
     dedup_on_answer: bool = False
     curation_workers: int = 2
+    guard: GuardBudgets = field(default_factory=GuardBudgets)
 
     @property
     def production_prices(self) -> Prices:
@@ -270,9 +274,12 @@ def parse_config(raw: dict) -> FlywheelConfig:
             stratify_key=raw["curation"].get("stratify_key") or None,
             dedup_on_answer=bool(raw["curation"].get("dedup_on_answer", False)),
             curation_workers=int(raw["curation"].get("workers", 2)),
+            guard=GuardBudgets(**(raw.get("regression_guard") or {})),
         )
     except KeyError as exc:
         raise ConfigError(f"flywheel config is missing the key {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(f"flywheel config: regression_guard: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from exc
     for dag in cfg.dags.values():
         for c in dag.candidates:
             if c not in cfg.candidates:

@@ -25,7 +25,7 @@ _EPS = 1e-9
 
 
 class GuardBudgets(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     per_iteration: float = Field(0.01, ge=0, le=1, description="max drop against the active version")
     cumulative: float = Field(0.015, ge=0, le=1, description="max drop against the first deployed version")

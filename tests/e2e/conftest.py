@@ -74,6 +74,7 @@ def e2e_stack(tmp_path_factory):
                                                    "password": "e2e", "extra": {"model": JUDGE_MODEL}}),
         "FLYWHEEL_HOME": str(home),
         "FLYWHEEL_API_PORT": str(_free_port()),
+        "FLYWHEEL_SERVING_PORT": str(_free_port()),
         "FLYWHEEL_CONFIG": str(config),
         # The student models are a cache shared with `make demo` (built once, ~1 minute).
         "FLYWHEEL_MODELS_DIR": str(PROJECT_ROOT / ".flywheel" / "models"),
@@ -93,6 +94,7 @@ def e2e_stack(tmp_path_factory):
     finally:
         judge.stop()
         stack.stop_airflow(paths)
+        stack.stop_serving(paths)
         stack.stop_postgres(paths)
         os.environ.clear()
         os.environ.update(saved)

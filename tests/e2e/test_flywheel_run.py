@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from flywheel_local import cli
+from flywheel.adapters import object_storage
+from flywheel.adapters.serving import ServingClient
+from flywheel.prompts import parse_completion
+from flywheel_local import cli, stack
 
 pytestmark = pytest.mark.e2e
 
@@ -121,3 +124,42 @@ def test_full_flywheel_run(e2e_stack):
     assert all(d["version"] == 1 and d["status"] == "active" and d["approved_by"] for d in deployments)
     reviews = e2e_stack.rows("SELECT * FROM reviews WHERE run_key = %s", (run_key,))
     assert len(reviews) == len(pending) and all(r["decision"] == "approved" for r in reviews)
+
+    # Serving: every approved version is loaded into the local endpoint and the routing record
+    # names it; a request routed for tool_router is answered by the deployed adapter.
+    routes = {r["workload_id"]: r for r in e2e_stack.rows("SELECT * FROM routing")}
+    for d in deployments:
+        assert d["served_model"] == f"{d['workload_id']}-v1" and d["serving_path"] and d["endpoint"]
+        assert routes[d["workload_id"]]["model"] == d["served_model"]
+    serving = ServingClient(stack.serving_url())
+    assert {d["served_model"] for d in deployments} <= serving.model_ids()
+    dataset = e2e_stack.rows("SELECT uri FROM datasets WHERE run_key = %s AND workload_id = 'tool_router'", (run_key,))
+    items = [r for r in object_storage.read_jsonl(dataset[0]["uri"]) if r["split"] == "eval"][:5]
+    predictions = {r["item_id"]: r["prediction"] for r in e2e_stack.rows(
+        "SELECT item_id, prediction FROM evaluations WHERE run_key = %s AND workload_id = 'tool_router' "
+        "AND candidate = %s AND strategy = 'lora'", (run_key, CANDIDATE))}
+
+    def tool(message):
+        calls = message.get("tool_calls") or []
+        return calls[0]["function"]["name"] if calls else None
+
+    right = {"adapter": 0, "base": 0}
+    same_as_experiment = 0
+    for item in items:
+        request = item["request"]
+        wanted = tool(item["response"]["choices"][0]["message"])
+        for name, model in (("adapter", routes["tool_router"]["model"]), ("base", CANDIDATE)):
+            answer = serving.chat(model, request["messages"], tools=request.get("tools"))["choices"][0]["message"]
+            right[name] += tool(answer) == wanted
+            if name == "adapter":
+                expected = parse_completion(predictions[str(item["id"])])
+                same_as_experiment += tool(answer) == tool(expected) and answer.get("content") == expected.get("content")
+    assert right["adapter"] >= 3 and right["adapter"] > right["base"], right
+    # Served exactly as the experiment prompted it: the same answers as the evaluated predictions.
+    assert same_as_experiment >= 4, same_as_experiment
+
+    # A rollback with no earlier version is refused, recorded, and changes nothing.
+    assert cli.main(["deployments", "rollback", "tool_router", "--reason", "e2e check", "--by", "e2e"]) == 2
+    events = e2e_stack.rows("SELECT * FROM deployment_events WHERE workload_id = 'tool_router' ORDER BY id")
+    assert [(e["action"], e["outcome"]) for e in events] == [("deploy", "succeeded"), ("rollback", "refused")]
+    assert e2e_stack.rows("SELECT version FROM routing WHERE workload_id = 'tool_router'") == [{"version": 1}]

@@ -211,7 +211,10 @@ def prepare_experiment(spec_dict: dict[str, Any], cfg: FlywheelConfig | None = N
     try:
         store.execute(conn, "upsert_experiment", {**spec.key, "status": "planned",
                                                   "backend": gpu_backend(), "gpus": candidate.gpus})
-        return build_job(spec, cfg, embedder() if spec.strategy == "icl" else None)
+        from flywheel.adapters.anchors import anchor_rows
+
+        return build_job(spec, cfg, embedder() if spec.strategy == "icl" else None,
+                         anchors=anchor_rows(conn, spec.workload_id))
     except Exception as exc:
         store.execute(conn, "finish_experiment", {**spec.key, "status": "failed", "gpu_seconds": None,
                                                   "output_uri": None, "metrics": {}, "error": f"prepare: {exc}"})
@@ -306,6 +309,11 @@ def evaluate_experiment(job: dict[str, Any], cfg: FlywheelConfig | None = None) 
         if traffic is not None:
             postgres_eval.save_traffic(conn, spec.run_key, traffic)
         postgres_eval.save_evaluation(conn, spec.key, evaluation)
+        from flywheel.adapters.anchors import score_anchor_predictions
+
+        n_anchor = score_anchor_predictions(conn, spec, job, cfg, scorer)
+        if n_anchor:
+            log.info("%s: scored on %d anchor items (regression guard)", spec.label, n_anchor)
         store.execute(conn, "finish_experiment", {
             **spec.key, "status": "succeeded", "gpu_seconds": round(seconds * gpus, 3),
             "output_uri": _output_uri(job), "metrics": metrics, "error": None,
@@ -341,10 +349,35 @@ def publish_leaderboard(plan: dict[str, Any], cfg: FlywheelConfig | None = None)
     floor = plan.get("slice_floor")
     log.info("\n%s", render_leaderboard(rows, cfg, run_key=plan["run_key"], threshold=plan["threshold"],
                                         slice_floor=floor))
+    rows = guard_rows(plan, rows, cfg)
     winners = pick_winners(rows, cfg, plan["threshold"], floor)
     if not winners:
         log.info("No candidate passed the review gate (threshold %.2f): nothing to review.", plan["threshold"])
     return [{"winner": w, **review_request(w, plan["run_key"], cfg, plan["threshold"], floor)} for w in winners]
+
+
+def guard_rows(plan: dict[str, Any], rows: list[dict[str, Any]], cfg: FlywheelConfig) -> list[dict[str, Any]]:
+    """The regression guard over every candidate at or above the threshold: a blocked one is logged
+    with the reason, recorded (guard_verdicts) and never reaches review."""
+    from flywheel.adapters.anchors import guard_candidate
+
+    kept = []
+    conn = get_conn()
+    try:
+        for r in rows:
+            if r["status"] != "succeeded" or r.get("score") is None or r["score"] < plan["threshold"]:
+                kept.append(r)
+                continue
+            verdict = guard_candidate(conn, r, cfg.guard, run_key=plan["run_key"])
+            label = f"{r['workload_id']} · {r['candidate']} · {r['strategy']}"
+            if verdict.passed:
+                log.info("regression guard: %s passes: %s", label, verdict.reason)
+                kept.append(r)
+            else:
+                log.warning("regression guard: %s is %s; it will not be reviewed", label, verdict.reason)
+    finally:
+        conn.close()
+    return kept
 
 
 def deploy_decision(plan: dict[str, Any], request: dict[str, Any], decision: dict[str, Any],
@@ -378,6 +411,15 @@ def deploy_decision(plan: dict[str, Any], request: dict[str, Any], decision: dic
             approved_by=outcome["reviewer"],
         )
         dep = deployments.deploy(conn, serving.client(), req)
+        if dataset and dataset[0]["uri"]:
+            from flywheel.adapters.anchors import freeze_anchor_set
+
+            eval_rows = [r for r in object_storage.read_jsonl(dataset[0]["uri"]) if r["split"] == "eval"]
+            frozen = freeze_anchor_set(conn, workload_id=dep.workload_id, run_key=plan["run_key"],
+                                       candidate=winner["candidate"], strategy=winner["strategy"],
+                                       eval_rows=eval_rows, added_by=outcome["reviewer"])
+            if frozen:
+                log.info("first deployment of %s: its %d eval items are now the anchor set", dep.workload_id, frozen)
     finally:
         conn.close()
     log.info("%s v%d is %s: served as %r by %s", dep.workload_id, dep.version, dep.status, dep.served_model,

@@ -54,13 +54,20 @@ def build_eval_prompts(spec: ExperimentSpec, rows: list[dict[str, Any]], cfg: Fl
     )
 
 
-def build_job(spec: ExperimentSpec, cfg: FlywheelConfig, embedder=None) -> dict[str, Any]:
+def build_job(spec: ExperimentSpec, cfg: FlywheelConfig, embedder=None,
+              anchors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The GpuJob (as a dict) that runs one experiment; inputs are content-addressed artifacts.
 
-    ``embedder`` picks the in-context examples (only the ``icl`` strategy needs it).
+    ``embedder`` picks the in-context examples (only the ``icl`` strategy needs it). ``anchors``
+    (the workload's frozen anchor items, flywheel.adapters.anchors) are generated on after the eval
+    items, under ``anchor:`` ids, for the regression guard.
     """
+    from flywheel.adapters.anchors import with_anchors
+
     candidate = cfg.candidates[spec.candidate]
     rows = artifacts.read_jsonl(spec.dataset_uri)
+    if anchors:
+        rows = with_anchors(rows, anchors)
     eval_rows = _split(rows, "eval")
     prompts = build_eval_prompts(spec, rows, cfg, candidate, embedder)
     inputs = {
