@@ -148,8 +148,10 @@ def build_flywheel_dag(profile: DagProfile, cfg: FlywheelConfig):
             task_id="review",
             options=REVIEW_OPTIONS,
             params={"comment": Param("", type="string", title="Comment")},
-            response_timeout=timedelta(days=3),
-            defaults=[REJECT],  # no answer in time is a rejection, recorded as such
+            response_timeout=timedelta(hours=cfg.review_timeout_hours),
+            defaults=[REJECT],  # no answer in time: recorded as a timeout, nothing is deployed
+            # Only the configured reviewers may decide (Airflow refuses anyone else, the admin too).
+            assigned_users=[r.as_hitl_user() for r in cfg.reviewers] or None,
             map_index_template="{{ task.subject }}",
         ).expand_kwargs(requests.map(_review_kwargs))
         deploy_decision.partial(plan=plan).expand(item=requests.zip(review.output))

@@ -140,14 +140,6 @@ ORDER BY created_at DESC LIMIT 1;
 -- name: run_params
 SELECT params FROM runs WHERE run_key = %(run_key)s;
 
--- name: upsert_review
-INSERT INTO reviews (run_key, workload_id, candidate, strategy, decision, reviewer, comment, decided_at)
-VALUES (%(run_key)s, %(workload_id)s, %(candidate)s, %(strategy)s, %(decision)s, %(reviewer)s,
-        %(comment)s, %(decided_at)s)
-ON CONFLICT (run_key, workload_id, candidate, strategy) DO UPDATE
-SET decision = EXCLUDED.decision, reviewer = EXCLUDED.reviewer, comment = EXCLUDED.comment,
-    decided_at = EXCLUDED.decided_at;
-
 -- ---------------------------------------------------------------- logs in (issue 6)
 
 -- name: insert_log
@@ -393,3 +385,19 @@ SET passed = EXCLUDED.passed, reason = EXCLUDED.reason, checks = EXCLUDED.checks
 -- name: guard_verdicts_of_run
 SELECT workload_id, candidate, strategy, passed, reason, checks, active_version, baseline_version, budgets
 FROM guard_verdicts WHERE run_key = %(run_key)s ORDER BY workload_id, candidate, strategy;
+
+-- name: insert_review_decision
+INSERT INTO review_decisions (run_key, workload_id, candidate, strategy, outcome, reviewer, comment,
+                              evidence_hash, detail, decided_at)
+VALUES (%(run_key)s, %(workload_id)s, %(candidate)s, %(strategy)s, %(outcome)s, %(reviewer)s, %(comment)s,
+        %(evidence_hash)s, %(detail)s, %(decided_at)s)
+ON CONFLICT (run_key, workload_id, candidate, strategy) WHERE outcome <> 'refused' DO NOTHING
+RETURNING id;
+
+-- name: review_decisions
+SELECT id, run_key, workload_id, candidate, strategy, outcome, reviewer, comment, evidence_hash, detail,
+       decided_at, recorded_at
+FROM review_decisions
+WHERE (%(run_key)s::text IS NULL OR run_key = %(run_key)s)
+  AND (%(workload_id)s::text IS NULL OR workload_id = %(workload_id)s)
+ORDER BY id;

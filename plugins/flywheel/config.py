@@ -98,6 +98,17 @@ class JudgeSettings:
 
 
 @dataclass(frozen=True)
+class Reviewer:
+    """A person who may decide a review: an id of the Airflow auth manager's users (HITL assigned_users)."""
+
+    id: str
+    name: str
+
+    def as_hitl_user(self) -> dict[str, str]:
+        return {"id": self.id, "name": self.name}
+
+
+@dataclass(frozen=True)
 class DagProfile:
     dag_id: str
     description: str
@@ -163,6 +174,8 @@ class FlywheelConfig:
     dedup_on_answer: bool = False
     curation_workers: int = 2
     guard: GuardBudgets = field(default_factory=GuardBudgets)
+    reviewers: tuple[Reviewer, ...] = ()
+    review_timeout_hours: float = 72.0
 
     @property
     def production_prices(self) -> Prices:
@@ -206,6 +219,24 @@ def _judge_settings(raw: dict) -> JudgeSettings:
 def _resolve_path(p: str) -> str:
     path = Path(p)
     return str(path if path.is_absolute() else (PROJECT_ROOT / path).resolve())
+
+
+_USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+
+
+def _reviewers(raw: list) -> tuple[Reviewer, ...]:
+    out = []
+    for i, r in enumerate(raw):
+        if isinstance(r, str):
+            r = {"id": r}
+        if not isinstance(r, dict) or not isinstance(r.get("id"), str) or not _USER_ID.fullmatch(r["id"]):
+            raise ConfigError(f"review.reviewers[{i}]: expected {{id: <user id>, name: <display name>}} with an id "
+                              f"matching {_USER_ID.pattern}; got {r!r}")
+        out.append(Reviewer(id=r["id"], name=str(r.get("name") or r["id"])))
+    ids = [r.id for r in out]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"review.reviewers: an id appears twice in {ids}")
+    return tuple(out)
 
 
 def parse_config(raw: dict) -> FlywheelConfig:
@@ -275,6 +306,8 @@ def parse_config(raw: dict) -> FlywheelConfig:
             dedup_on_answer=bool(raw["curation"].get("dedup_on_answer", False)),
             curation_workers=int(raw["curation"].get("workers", 2)),
             guard=GuardBudgets(**(raw.get("regression_guard") or {})),
+            reviewers=_reviewers((raw.get("review") or {}).get("reviewers") or []),
+            review_timeout_hours=float((raw.get("review") or {}).get("timeout_hours", 72)),
         )
     except KeyError as exc:
         raise ConfigError(f"flywheel config is missing the key {exc}") from exc

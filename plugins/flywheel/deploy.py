@@ -54,6 +54,22 @@ def comment_of(decision: dict[str, Any]) -> str:
     return str((decision.get("params_input") or {}).get("comment") or "")
 
 
+DecisionOutcome = Literal["approved", "rejected", "timeout"]
+
+
+def decision_outcome(decision: dict[str, Any]) -> DecisionOutcome:
+    """What a HITL answer means. No responder means nobody answered in time and the scheduler
+    applied the defaults: a timeout, recorded as such and never a deployment, whatever the default."""
+    if not decision.get("responded_by_user"):
+        return "timeout"
+    return "approved" if is_approved(decision) else "rejected"
+
+
+def evidence_hash(subject: str, body: str) -> str:
+    """Identifies the evidence a reviewer was shown (recorded with the decision)."""
+    return hashlib.sha256(f"{subject}\n{body}".encode()).hexdigest()
+
+
 class Deployment(BaseModel):
     """One version of a workload's deployment, as stored (crosses the DB / UI / CLI boundary)."""
 

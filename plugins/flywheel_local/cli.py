@@ -210,11 +210,18 @@ class _progress_bar:
             self.progress.stop()
 
 
-def api_client(paths: stack.StackPaths):
+def api_client(paths: stack.StackPaths, user: str | None = None):
+    """The Airflow API as `user` (an account of the embedded stack; default the admin)."""
     from flywheel_local.api import AirflowAPI
 
-    secrets = stack.load_secrets(paths)
-    return AirflowAPI(stack.api_url(), stack.ADMIN_USER, secrets["admin_password"])
+    user = user or stack.ADMIN_USER
+    return AirflowAPI(stack.api_url(), user, stack.password_of(paths, user))
+
+
+def default_reviewer() -> str:
+    """Who `make approve` acts as: the first configured reviewer (the admin when none is configured)."""
+    reviewers = load_config().reviewers
+    return reviewers[0].id if reviewers else stack.ADMIN_USER
 
 
 FINAL_STATES = ("success", "failed", "skipped", "upstream_failed", "removed")
@@ -310,12 +317,14 @@ def cmd_demo(args) -> int:
     print()
     say(f"run state: {state}; demo took {time.monotonic() - t0:.0f}s")
     say(f"Airflow UI:  {stack.api_url()}   login: {stack.ADMIN_USER} / {secrets['admin_password']}")
+    for reviewer in load_config().reviewers:
+        say(f"  reviewer {reviewer.name}: {reviewer.id} / {secrets['reviewer_passwords'].get(reviewer.id, '-')}")
     if pending:
         say(f"{len(pending)} candidate(s) wait for your review:")
         for i, r in enumerate(pending, 1):
             print(f"      {i}. {r['subject']}")
         say("approve in the UI (Browse > Required Actions, or the run's 'review' task), or here:")
-        say("    make approve            # approve all pending reviews (make reject to reject)")
+        say(f"    make approve            # approve all pending reviews as {default_reviewer()} (make reject to reject)")
     else:
         say("no candidate reached the review threshold in this run")
     say("stop everything with:  make stop   (data is kept; `make demo` again reuses it)")
@@ -404,10 +413,21 @@ def cmd_reviews(args) -> int:
     if not chosen:
         raise SystemExit("name the reviews by number (see `flywheel reviews list`) or pass --all")
     option = "Approve" if args.action == "approve" else "Reject"
+    reviewer = args.as_user or default_reviewer()
+    try:
+        as_reviewer = api_client(paths, reviewer)
+    except KeyError as exc:
+        raise SystemExit(str(exc.args[0])) from None
+    failed = 0
     for r in chosen:
-        api.respond(r, option, args.comment)
-        say(f"{option.lower()}d: {r['subject']}")
-    return 0
+        try:
+            as_reviewer.respond(r, option, args.comment)
+        except RuntimeError as exc:  # the API's answer: not an assigned reviewer (403), answered already (409)
+            failed += 1
+            say(f"not {option.lower()}d as {reviewer}: {r['subject']}: {exc}")
+            continue
+        say(f"{option.lower()}d as {reviewer}: {r['subject']}")
+    return 1 if failed else 0
 
 
 # --- gold items and judge calibration -------------------------------------------------------------
@@ -633,6 +653,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("numbers", nargs="*", type=int)
     p.add_argument("--all", action="store_true")
     p.add_argument("--comment", default="")
+    p.add_argument("--as", dest="as_user", default="",
+                   help="answer as this account (default: the first reviewer of the configuration)")
     p.set_defaults(func=cmd_reviews)
     p = sub.add_parser("gold", help="gold items: export eval items to correct, import corrected answers")
     p.add_argument("action", choices=["export", "import"])

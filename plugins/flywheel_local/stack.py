@@ -168,26 +168,58 @@ def stop_postgres(paths: StackPaths, timeout: float = 60.0) -> bool:
 
 # --- Airflow ------------------------------------------------------------------------------------
 
-def load_secrets(paths: StackPaths) -> dict[str, str]:
-    """Generated once per installation and kept out of git (FLYWHEEL_HOME is ignored)."""
+def reviewer_ids() -> list[str]:
+    """The named reviewers of the configuration: the embedded stack gives each an account."""
+    from flywheel.config import load_config
+
+    return [r.id for r in load_config().reviewers]
+
+
+def load_secrets(paths: StackPaths) -> dict:
+    """Generated once per installation and kept out of git (FLYWHEEL_HOME is ignored); a reviewer
+    added to the configuration later gets a password the next time the stack starts."""
     if paths.secrets_file.exists():
-        return json.loads(paths.secrets_file.read_text())
-    values = {
-        "jwt_secret": secrets.token_urlsafe(64),
-        "api_secret_key": secrets.token_urlsafe(32),
-        "admin_password": secrets.token_urlsafe(12),
-    }
-    paths.secrets_file.write_text(json.dumps(values, indent=2))
-    paths.secrets_file.chmod(0o600)
+        values = json.loads(paths.secrets_file.read_text())
+        changed = False
+    else:
+        values = {
+            "jwt_secret": secrets.token_urlsafe(64),
+            "api_secret_key": secrets.token_urlsafe(32),
+            "admin_password": secrets.token_urlsafe(12),
+        }
+        changed = True
+    passwords = values.setdefault("reviewer_passwords", {})
+    for rid in reviewer_ids():
+        if rid not in passwords and rid != ADMIN_USER:
+            passwords[rid] = secrets.token_urlsafe(12)
+            changed = True
+    if changed:
+        paths.secrets_file.write_text(json.dumps(values, indent=2))
+        paths.secrets_file.chmod(0o600)
     return values
+
+
+def password_of(paths: StackPaths, user: str) -> str:
+    s = load_secrets(paths)
+    if user == ADMIN_USER:
+        return s["admin_password"]
+    if user not in s["reviewer_passwords"]:
+        raise KeyError(f"no account {user!r} in the embedded stack; the accounts are {ADMIN_USER} and the "
+                       f"reviewers of the configuration: {sorted(s['reviewer_passwords'])}")
+    return s["reviewer_passwords"][user]
 
 
 def airflow_env(paths: StackPaths, socket_dir: Path) -> dict[str, str]:
     """Environment of every Airflow component (and of the tasks they run)."""
     s = load_secrets(paths)
+    reviewers = [r for r in reviewer_ids() if r != ADMIN_USER]
     passwords = paths.airflow_home / "passwords.json"
-    passwords.write_text(json.dumps({ADMIN_USER: s["admin_password"]}))
+    passwords.write_text(json.dumps({ADMIN_USER: s["admin_password"],
+                                     **{r: s["reviewer_passwords"][r] for r in reviewers}}))
     passwords.chmod(0o600)
+    # Named reviewers have the "user" role: they can see and act on DAG runs, and answer the reviews
+    # they are assigned to; the admin cannot answer those (Airflow checks HITL assigned_users).
+    users = ",".join([f"{ADMIN_USER}:admin", *(f"{r}:user" for r in reviewers)])
     socket_q = urllib.parse.quote(str(socket_dir), safe="")
     env = {
         "AIRFLOW_HOME": str(paths.airflow_home),
@@ -199,7 +231,7 @@ def airflow_env(paths: StackPaths, socket_dir: Path) -> dict[str, str]:
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "8",
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_url()}/execution/",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": users,
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://postgres@/airflow?host={socket_dir}",
         "AIRFLOW__API__HOST": "127.0.0.1",

@@ -116,14 +116,27 @@ def test_full_flywheel_run(e2e_stack):
     # Review: the HITL approval task waits for a human; approving records deployment version 1.
     pending = api.pending_reviews(DAG_ID, run_id)
     assert pending and any("tool_router" in r["subject"] for r in pending)
+    # Only the configured reviewers may decide: the admin is refused, a named reviewer approves,
+    # and a second answer is refused.
+    with pytest.raises(RuntimeError, match="403"):
+        api.respond(pending[0], "Approve", "admin tries")
+    reviewer = cli.default_reviewer()
+    as_reviewer = cli.api_client(paths, reviewer)
     for r in pending:
-        api.respond(r, "Approve", "e2e approval")
+        as_reviewer.respond(r, "Approve", "e2e approval")
+    with pytest.raises(RuntimeError, match="409"):
+        as_reviewer.respond(pending[0], "Reject", "changed my mind")
     assert cli.follow_run(api, DAG_ID, run_id, timeout=300, interval=3, stop_at_review=False) == "success"
     deployments = e2e_stack.rows("SELECT * FROM deployments WHERE run_key = %s", (run_key,))
     assert {d["workload_id"] for d in deployments} == {r["subject"].split(" for ")[1].rstrip("?") for r in pending}
-    assert all(d["version"] == 1 and d["status"] == "active" and d["approved_by"] for d in deployments)
-    reviews = e2e_stack.rows("SELECT * FROM reviews WHERE run_key = %s", (run_key,))
-    assert len(reviews) == len(pending) and all(r["decision"] == "approved" for r in reviews)
+    assert all(d["version"] == 1 and d["status"] == "active" and d["approved_by"] == reviewer for d in deployments)
+    decisions = e2e_stack.rows("SELECT * FROM review_decisions WHERE run_key = %s", (run_key,))
+    assert len(decisions) == len(pending)
+    assert all(r["outcome"] == "approved" and r["reviewer"] == reviewer and len(r["evidence_hash"]) == 64
+               for r in decisions)
+    # The first deployment froze each workload's anchor set: its run's eval items.
+    anchors = e2e_stack.rows("SELECT workload_id, count(*) AS n FROM anchor_items GROUP BY workload_id")
+    assert {a["workload_id"]: a["n"] for a in anchors} == {d["workload_id"]: 20 for d in deployments}
 
     # Serving: every approved version is loaded into the local endpoint and the routing record
     # names it; a request routed for tool_router is answered by the deployed adapter.

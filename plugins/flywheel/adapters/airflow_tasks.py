@@ -393,7 +393,10 @@ def deploy_decision(plan: dict[str, Any], request: dict[str, Any], decision: dic
     winner = request["winner"]
     conn = get_conn()
     try:
-        outcome = store.record_decision(conn, run_key=plan["run_key"], winner=winner, decision=decision)
+        from flywheel.deploy import evidence_hash
+
+        outcome = store.record_decision(conn, run_key=plan["run_key"], winner=winner, decision=decision,
+                                        evidence_hash=evidence_hash(request["subject"], request["body"]))
         log.info("review of %s · %s · %s: %s by %s", winner["workload_id"], winner["candidate"],
                  winner["strategy"], outcome["decision"], outcome["reviewer"])
         if outcome["decision"] != "approved":

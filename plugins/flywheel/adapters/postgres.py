@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from flywheel.config import PROJECT_ROOT
-from flywheel.deploy import comment_of, is_approved, reviewer_name
+from flywheel.deploy import comment_of, decision_outcome, reviewer_name
 
 SQL_DIR = PROJECT_ROOT / "include" / "sql"
 MIGRATIONS_DIR = SQL_DIR / "migrations"
@@ -154,18 +154,24 @@ def dumps(obj: Any) -> str:
 
 # --- review decisions -----------------------------------------------------------------------
 
-def record_decision(conn, *, run_key: str, winner: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
-    """Record a review decision; the deployment of an approved one is flywheel.adapters.deployments'."""
-    approved = is_approved(decision)
+def record_decision(conn, *, run_key: str, winner: dict[str, Any], decision: dict[str, Any],
+                    evidence_hash: str | None = None) -> dict[str, Any]:
+    """Append the decision on one review request (approved, rejected or timeout) and return it.
+
+    Append-only: a retried task finds the decision already recorded and returns that one; the
+    table refuses updates and deletes. Deploying an approved one is flywheel.adapters.deployments'.
+    """
+    outcome = decision_outcome(decision)
     key = {k: winner[k] for k in ("workload_id", "candidate", "strategy")}
-    reviewer = reviewer_name(decision.get("responded_by_user"))
+    reviewer = reviewer_name(decision.get("responded_by_user")) if outcome != "timeout" else None
     decided_at = decision.get("responded_at") or datetime.now(timezone.utc)
     with transaction(conn) as cur:
-        run_query(cur, "upsert_review", {
-            "run_key": run_key, **key,
-            "decision": "approved" if approved else "rejected",
-            "reviewer": reviewer,
-            "comment": comment_of(decision),
+        run_query(cur, "insert_review_decision", {
+            "run_key": run_key, **key, "outcome": outcome, "reviewer": reviewer,
+            "comment": comment_of(decision), "evidence_hash": evidence_hash, "detail": None,
             "decided_at": decided_at,
         })
-    return {"decision": "approved" if approved else "rejected", "reviewer": reviewer, **key}
+        recorded = [r for r in run_query(cur, "review_decisions", {"run_key": run_key, "workload_id": key["workload_id"]})
+                    if r["candidate"] == key["candidate"] and r["strategy"] == key["strategy"] and r["outcome"] != "refused"]
+    first = recorded[0]
+    return {"decision": first["outcome"], "reviewer": first["reviewer"] or "timeout", **key}
