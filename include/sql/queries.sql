@@ -370,7 +370,7 @@ WHERE run_key = %(run_key)s AND workload_id = %(workload_id)s AND candidate = %(
 -- name: eval_items_of_experiment
 SELECT item_id, slice, score, prediction FROM evaluations
 WHERE run_key = %(run_key)s AND workload_id = %(workload_id)s AND candidate = %(candidate)s
-  AND strategy = %(strategy)s;
+  AND strategy = %(strategy)s AND score IS NOT NULL;
 
 -- name: upsert_guard_verdict
 INSERT INTO guard_verdicts (run_key, workload_id, candidate, strategy, passed, reason, checks,

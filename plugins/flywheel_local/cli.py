@@ -11,7 +11,6 @@
     flywheel gold export WORKLOAD [--run RUN_KEY] [--out FILE]   eval items to correct, as JSONL
     flywheel gold import FILE --author NAME                       human-corrected answers (gold items)
     flywheel judge calibrate FILE --url URL --model MODEL         judge vs human labels: kappa, spearman
-
     flywheel deployments [list|routes|events] [WORKLOAD]
     flywheel deployments rollback WORKLOAD [--to VERSION] --reason TEXT [--by NAME]
 """

@@ -29,7 +29,8 @@ def _experiment(conn, run_key, candidate, strategy, item_scores):
     key = {"run_key": run_key, "workload_id": W, "candidate": candidate, "strategy": strategy}
     store.execute(conn, "upsert_experiment", {**key, "status": "succeeded", "backend": "local", "gpus": 1})
     store.execute_many(conn, "upsert_evaluation", (
-        {**key, "item_id": r["id"], "slice": r["label"], "method": "m", "score": s, "reference": "", "prediction": "p",
+        {**key, "item_id": r["id"], "slice": r["label"], "method": "m", "score": s, "score_vs_prod": s,
+         "score_vs_gold": None, "reference_source": "production", "reference": "", "prediction": "p", "failure": None,
          "detail": {}} for r, s in zip(_eval_rows(), item_scores)))
     return key
 
@@ -122,3 +123,38 @@ def test_guard_checks_active_and_baseline_and_records_verdicts(flywheel_db):
     failed = [c for c in recorded["run/3"]["checks"] if not c["passed"]]
     assert {(c["against"], c["scope"]) for c in failed} == {
         ("baseline", "anchor set"), ("baseline", "slice get_order_status"), ("baseline", "slice cancel_order")}
+
+
+def test_a_jobs_answers_on_the_anchor_items_are_scored_apart(flywheel_db, tmp_path):
+    """The evaluate step: anchor answers (ids `anchor:...`) get the experiment's own scorer."""
+    import json
+
+    from flywheel.config import load_config
+    from flywheel.evaluation import Scorer
+    from flywheel.experiments import ExperimentSpec
+
+    def router_row(i, tool):
+        return {"id": f"logs.jsonl:{i}", "split": "eval", "label": tool,
+                "request": {"messages": [{"role": "user", "content": f"order A-{i}"}],
+                            "tools": [{"type": "function", "function": {"name": "get_order_status"}},
+                                      {"type": "function", "function": {"name": "cancel_order"}}]},
+                "response": {"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "c", "type": "function",
+                     "function": {"name": tool, "arguments": json.dumps({"order_id": f"A-{i}"})}}]}}]}}
+
+    rows = [router_row(0, "get_order_status"), router_row(1, "cancel_order"), router_row(2, "cancel_order")]
+    anchors.freeze_anchor_set(flywheel_db, workload_id=W, run_key="run/1", candidate="c", strategy="lora",
+                              eval_rows=rows, added_by="alice")
+    out = tmp_path / "job"
+    out.mkdir()
+    answers = {"logs.jsonl:9": 'call get_order_status {"order_id": "A-9"}',  # this run's own eval item
+               "anchor:logs.jsonl:0": 'call get_order_status {"order_id": "A-0"}',  # right
+               "anchor:logs.jsonl:1": 'call get_order_status {"order_id": "A-1"}'}  # wrong tool
+    (out / "predictions.jsonl").write_text("".join(json.dumps({"id": k, "output": v}) + "\n" for k, v in answers.items()))
+    spec = ExperimentSpec(run_key="run/2", workload_id=W, kind="tool_calling", candidate="tiny-lm-1.6m",
+                          strategy="lora", dataset_uri="file:///unused")
+    n = anchors.score_anchor_predictions(flywheel_db, spec, {"spec": {"output_dir": str(out)}}, load_config(), Scorer())
+    assert n == 2  # logs.jsonl:2 had no answer in this job: left out, not a zero
+    scores = {r["item_id"]: r["score"] for r in store.fetch_all(flywheel_db, "anchor_scores_of_experiment", spec.key)}
+    assert scores == {"logs.jsonl:0": 1.0, "logs.jsonl:1": pytest.approx(scores["logs.jsonl:1"])}
+    assert scores["logs.jsonl:1"] < 0.5
