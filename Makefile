@@ -19,15 +19,22 @@ install: $(STAMP)
 
 # Idempotent: re-runs only when a requirements file or pyproject changes.
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml images/gpu-trainer/pyproject.toml clients/capture/pyproject.toml
-	@echo "==> [1/4] virtualenv $(VENV)"
+	@echo "==> [1/5] virtualenv $(VENV)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo "==> [2/4] $(TORCH) (CPU wheel) first, so nothing else can pull a CUDA build"
+	@echo "==> [2/5] $(TORCH) (CPU wheel) first, so nothing else can pull a CUDA build"
 	@$(PIP) install --progress-bar on "$(TORCH)"
-	@echo "==> [3/4] Airflow 3 + providers + ML libraries (requirements.txt, requirements-dev.txt)"
+	@echo "==> [3/5] Airflow 3 + providers + ML libraries (requirements.txt, requirements-dev.txt)"
 	@$(PIP) install --progress-bar on -c constraints.txt -r requirements.txt -r requirements-dev.txt
-	@echo "==> [4/4] this project (editable: flywheel, flywheel_local, flywheel_operators, flywheel_trainer, flywheel_capture)"
+	@echo "==> [4/5] this project (editable: flywheel, flywheel_local, flywheel_operators, flywheel_trainer, flywheel_capture)"
 	@$(PIP) install --no-deps -e . -e images/gpu-trainer -e clients/capture
 	@$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	@echo "==> [5/5] chromium (Debian) for the browser test of the flywheel page"
+	@if command -v chromium >/dev/null 2>&1; then echo "    chromium is installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium \
+	   || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)) \
+	  || echo "    could not install chromium: the browser test will be skipped"; \
+	else echo "    skipped (needs root and apt-get): install chromium to run the browser test, which is skipped without it"; fi
 	@touch $(STAMP)
 
 # Re-resolve the exact versions after a change to requirements*.txt (needs a clean venv).

@@ -401,3 +401,25 @@ FROM review_decisions
 WHERE (%(run_key)s::text IS NULL OR run_key = %(run_key)s)
   AND (%(workload_id)s::text IS NULL OR workload_id = %(workload_id)s)
 ORDER BY id;
+
+-- ---- issue 10: the flywheel page ----------------------------------------------------------------
+
+-- name: latest_run_per_workload
+SELECT DISTINCT ON (d.workload_id) d.workload_id, d.run_key, r.created_at, r.params, d.n_in, d.n_accepted,
+       d.n_quarantined, d.n_duplicates, d.n_eval, d.n_train, d.n_val, d.pii, d.usable, d.reason
+FROM datasets d JOIN runs r USING (run_key)
+ORDER BY d.workload_id, r.created_at DESC;
+
+-- name: score_history
+SELECT r.run_key, r.created_at, max(s.score) AS best_score, count(*) AS n_experiments
+FROM experiment_scores s JOIN runs r USING (run_key)
+WHERE s.workload_id = %(workload_id)s AND s.score IS NOT NULL
+GROUP BY r.run_key, r.created_at
+ORDER BY r.created_at;
+
+-- name: guard_verdicts_of_workload
+SELECT g.run_key, r.created_at, g.candidate, g.strategy, g.passed, g.reason, g.checks, g.active_version,
+       g.baseline_version, g.budgets
+FROM guard_verdicts g JOIN runs r USING (run_key)
+WHERE g.workload_id = %(workload_id)s
+ORDER BY r.created_at, g.candidate, g.strategy;

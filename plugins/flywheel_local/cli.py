@@ -278,6 +278,7 @@ def print_leaderboard(socket_dir: Path, run_key: str | None = None) -> str | Non
             run_key = rows[0]["run_key"]
         rows = store.fetch_all(conn, "leaderboard", {"run_key": run_key})
         params = store.fetch_all(conn, "run_params", {"run_key": run_key})
+        verdicts = store.fetch_all(conn, "guard_verdicts_of_run", {"run_key": run_key})
     finally:
         conn.close()
     cfg = load_config()
@@ -285,6 +286,9 @@ def print_leaderboard(socket_dir: Path, run_key: str | None = None) -> str | Non
     threshold = plan.get("threshold", cfg.threshold)
     print(render_leaderboard(rows, cfg, run_key=run_key, threshold=threshold, slice_floor=plan.get("slice_floor")),
           flush=True)
+    for v in verdicts:
+        print(f"regression guard: {v['workload_id']} · {v['candidate']} · {v['strategy']} "
+              f"{'passes' if v['passed'] else 'BLOCKED (not sent to review)'}: {v['reason']}", flush=True)
     return run_key
 
 

@@ -360,13 +360,14 @@ def guard_rows(plan: dict[str, Any], rows: list[dict[str, Any]], cfg: FlywheelCo
     """The regression guard over every candidate at or above the threshold: a blocked one is logged
     with the reason, recorded (guard_verdicts) and never reaches review."""
     from flywheel.adapters.anchors import guard_candidate
+    from flywheel.report import gate
 
     kept = []
     conn = get_conn()
     try:
         for r in rows:
-            if r["status"] != "succeeded" or r.get("score") is None or r["score"] < plan["threshold"]:
-                kept.append(r)
+            if gate(r, cfg, plan["threshold"], plan.get("slice_floor")) is not None:
+                kept.append(r)  # held back by the review gate already, with its own reason
                 continue
             verdict = guard_candidate(conn, r, cfg.guard, run_key=plan["run_key"])
             label = f"{r['workload_id']} · {r['candidate']} · {r['strategy']}"
