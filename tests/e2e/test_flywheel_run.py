@@ -14,13 +14,50 @@ from flywheel.adapters.serving import ServingClient
 from flywheel.prompts import parse_completion
 from flywheel_local import cli, stack
 
+import flywheel_browser as browser  # tests/e2e/flywheel_browser.py (a helper, not a test)
+
 pytestmark = pytest.mark.e2e
 
 DAG_ID = "flywheel_on_demand"
 STRATEGIES = ["base", "icl", "lora"]
+# The run test_full_flywheel_run made, for the tests after it that look at its results.
+RUN: dict = {}
 
 
-def test_full_flywheel_run(e2e_stack):
+def _page_frame(page, base_url: str):
+    """The flywheel page as Airflow's UI shows it: its navigation entry opens /plugin/flywheel,
+    which embeds the plugin's page (served under /flywheel/) in a frame."""
+    page.goto(f"{base_url}/plugin/flywheel")
+    page.wait_for_selector("iframe", timeout=60_000)
+    for _ in range(120):
+        frame = next((f for f in page.frames if "/flywheel/" in f.url), None)
+        if frame is not None:
+            frame.wait_for_selector("#pending-reviews", timeout=60_000)
+            return frame
+        page.wait_for_timeout(500)
+    raise AssertionError(f"no frame of the flywheel page in {[f.url for f in page.frames]}")
+
+
+def _check_page_while_reviews_wait(e2e_stack, run_key, pending, tmp_path):
+    """In a real browser, logged in as a reviewer: the run's numbers and the reviews waiting."""
+    reason = browser.missing()
+    if reason:
+        print(f"browser check skipped: {reason}")
+        return
+    reviewer = cli.default_reviewer()
+    lora = e2e_stack.rows("SELECT score FROM experiment_scores WHERE run_key = %s AND workload_id = 'tool_router' "
+                          "AND strategy = 'lora' AND candidate = %s", (run_key, e2e_stack.candidate))[0]["score"]
+    with browser.logged_in_page(stack.api_url(), reviewer, stack.password_of(e2e_stack.paths, reviewer)) as page:
+        frame = _page_frame(page, stack.api_url())
+        assert f"Pending reviews ({len(pending)})" in frame.inner_text("#pending-reviews")
+        links = frame.eval_on_selector_all("#pending-reviews a", "els => els.map(e => e.getAttribute('href'))")
+        assert len(links) == len(pending) and all("/required_actions?map_index=" in h for h in links)
+        row = frame.locator("#workload-tool_router tr[data-strategy='lora']")
+        assert row.locator("td.score").inner_text() == f"{lora:.3f}"
+        page.screenshot(path=str(browser.screenshot_dir(tmp_path) / "flywheel-page-reviews.png"), full_page=True)
+
+
+def test_full_flywheel_run(e2e_stack, tmp_path):
     paths = e2e_stack.paths
     CANDIDATE, BROKEN = e2e_stack.candidate, e2e_stack.broken
     api = cli.api_client(paths)
@@ -116,6 +153,7 @@ def test_full_flywheel_run(e2e_stack):
     # Review: the HITL approval task waits for a human; approving records deployment version 1.
     pending = api.pending_reviews(DAG_ID, run_id)
     assert pending and any("tool_router" in r["subject"] for r in pending)
+    _check_page_while_reviews_wait(e2e_stack, run_key, pending, tmp_path)
     # Only the configured reviewers may decide: the admin is refused, a named reviewer approves,
     # and a second answer is refused.
     with pytest.raises(RuntimeError, match="403"):
@@ -176,3 +214,45 @@ def test_full_flywheel_run(e2e_stack):
     events = e2e_stack.rows("SELECT * FROM deployment_events WHERE workload_id = 'tool_router' ORDER BY id")
     assert [(e["action"], e["outcome"]) for e in events] == [("deploy", "succeeded"), ("rollback", "refused")]
     assert e2e_stack.rows("SELECT version FROM routing WHERE workload_id = 'tool_router'") == [{"version": 1}]
+    RUN.update(run_id=run_id, run_key=run_key)
+
+
+def test_flywheel_page_in_the_airflow_ui(e2e_stack, tmp_path):
+    """The flywheel page in a real browser after the run: login required, the run's numbers, the
+    deployment it made, and the rollback action (refused here: there is no earlier version)."""
+    reason = browser.missing()
+    if reason:
+        pytest.skip(reason)
+    if not RUN:
+        pytest.skip("needs the run made by test_full_flywheel_run")
+    base = stack.api_url()
+    # Without a login the page sends the visitor to Airflow's login.
+    resp = __import__("requests").get(f"{base}/flywheel/", allow_redirects=False, timeout=30)
+    assert resp.status_code in (302, 303, 307) and "login" in resp.headers["location"]
+
+    rows = {(r["workload_id"], r["strategy"]): r for r in e2e_stack.rows(
+        "SELECT workload_id, strategy, score FROM experiment_scores WHERE run_key = %s AND candidate = %s",
+        (RUN["run_key"], e2e_stack.candidate))}
+    reviewer = cli.default_reviewer()
+    with browser.logged_in_page(base, reviewer, stack.password_of(e2e_stack.paths, reviewer)) as page:
+        frame = _page_frame(page, base)
+        assert "Pending reviews (0)" in frame.inner_text("#pending-reviews")
+        for (workload, strategy), r in rows.items():
+            cell = frame.locator(f"#workload-{workload} tr[data-strategy='{strategy}'] td.score")
+            assert cell.inner_text() == f"{r['score']:.3f}", (workload, strategy)
+        card = frame.locator("#workload-tool_router")
+        assert "tool_router-v1" in card.inner_text()
+        assert card.locator("table.deployments tr[data-version='1']").get_attribute("data-status") == "active"
+        assert card.locator("svg.scatter circle").count() >= 3 and card.locator("svg.history circle").count() >= 1
+        page.screenshot(path=str(browser.screenshot_dir(tmp_path) / "flywheel-page.png"), full_page=True)
+        # The UI's rollback action, as the logged-in reviewer: refused (v1 is the only version),
+        # the reason shown on the page and recorded with the reviewer as the actor.
+        form = card.locator("form.rollback")
+        form.locator("input[name=reason]").fill("browser test")
+        form.locator("button").click()
+        frame.wait_for_url("**/flywheel/?message=*", timeout=60_000)
+        message = frame.inner_text("#message")
+        assert "Rollback not done" in message and "no earlier version" in message, message
+    events = e2e_stack.rows("SELECT actor, outcome, reason FROM deployment_events WHERE workload_id = 'tool_router' "
+                            "AND action = 'rollback' ORDER BY id")
+    assert events[-1] == {"actor": reviewer, "outcome": "refused", "reason": "browser test"}
