@@ -7,6 +7,10 @@ to the leaderboard and the human review; approving the review must record deploy
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import pytest
 
 from flywheel.adapters import object_storage
@@ -194,17 +198,25 @@ def test_full_flywheel_run(e2e_stack, tmp_path):
         calls = message.get("tool_calls") or []
         return calls[0]["function"]["name"] if calls else None
 
+    def calls(message):
+        return [(c["function"]["name"], c["function"]["arguments"]) for c in message.get("tool_calls") or []]
+
     right = {"adapter": 0, "base": 0}
     same_as_experiment = 0
     for item in items:
         request = item["request"]
         wanted = tool(item["response"]["choices"][0]["message"])
         for name, model in (("adapter", routes["tool_router"]["model"]), ("base", CANDIDATE)):
-            answer = serving.chat(model, request["messages"], tools=request.get("tools"))["choices"][0]["message"]
+            body = {"messages": request["messages"], "tools": request.get("tools")}
+            response = serving.chat(model, **body)
+            answer = response["choices"][0]["message"]
             right[name] += tool(answer) == wanted
             if name == "adapter":
                 expected = parse_completion(predictions[str(item["id"])])
-                same_as_experiment += tool(answer) == tool(expected) and answer.get("content") == expected.get("content")
+                same_as_experiment += calls(answer) == calls(expected) and answer.get("content") == expected.get("content")
+                if os.environ.get("FLYWHEEL_SCREENSHOT_DIR") and item is items[0]:  # the README's example
+                    example = Path(os.environ["FLYWHEEL_SCREENSHOT_DIR"]) / "serving-example.json"
+                    example.write_text(json.dumps({"request": {"model": model, **body}, "response": response}, indent=2))
     assert right["adapter"] >= 3 and right["adapter"] > right["base"], right
     # Served exactly as the experiment prompted it: the same answers as the evaluated predictions.
     assert same_as_experiment >= 4, same_as_experiment
