@@ -363,7 +363,7 @@ ON CONFLICT (run_key, workload_id, candidate, strategy, item_id) DO UPDATE
 SET slice = EXCLUDED.slice, score = EXCLUDED.score, prediction = EXCLUDED.prediction;
 
 -- name: anchor_scores_of_experiment
-SELECT item_id, slice, score FROM anchor_scores
+SELECT item_id, slice, score, prediction FROM anchor_scores
 WHERE run_key = %(run_key)s AND workload_id = %(workload_id)s AND candidate = %(candidate)s
   AND strategy = %(strategy)s;
 
@@ -423,3 +423,8 @@ SELECT g.run_key, r.created_at, g.candidate, g.strategy, g.passed, g.reason, g.c
 FROM guard_verdicts g JOIN runs r USING (run_key)
 WHERE g.workload_id = %(workload_id)s
 ORDER BY r.created_at, g.candidate, g.strategy;
+
+-- name: experiment_metrics
+SELECT status, metrics, gpu_seconds FROM experiments
+WHERE run_key = %(run_key)s AND workload_id = %(workload_id)s AND candidate = %(candidate)s
+  AND strategy = %(strategy)s;

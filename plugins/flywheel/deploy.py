@@ -171,3 +171,20 @@ def rollback_target(history: list[Deployment], workload_id: str, to_version: int
     raise RollbackRefused(
         f"workload {workload_id!r} has no earlier version to roll back to (v{active.version} is the "
         f"first one that served, or every earlier one was rolled back); name one with --to VERSION")
+
+
+REVIEW_KEYS = ("workload_id", "candidate", "strategy", "score", "ci_low", "ci_high", "n", "n_items", "method", "scorer",
+               "cost_per_1k", "output_uri", "score_vs_prod", "score_vs_gold", "n_gold", "worst_slice",
+               "worst_slice_score", "worst_slice_n", "tool_metrics", "judge", "prod_cost_per_1k", "monthly_savings",
+               "training_cost", "payback_days", "requests_per_month", "cost_note", "judge_kappa", "judge_spearman",
+               "judge_calibration_n")
+
+
+def reviewable(rows: list[dict[str, Any]], passes) -> list[dict[str, Any]]:
+    """Every experiment that ``passes`` (the review gate and the regression guard) goes to review, not
+    only the cheapest: the reviewer may prefer a dearer candidate that is better on a slice that
+    matters. Per workload the cheapest comes first (ties: the higher score), so it is reviewed first."""
+    chosen = [r for r in rows if passes(r)]
+    chosen.sort(key=lambda r: (r["workload_id"], r.get("cost_per_1k") or 0.0, -(r.get("score") or 0.0),
+                               r["candidate"], r["strategy"]))
+    return [{k: r.get(k) for k in REVIEW_KEYS} for r in chosen]

@@ -100,6 +100,13 @@ def page_data(conn, cfg: FlywheelConfig) -> list[dict[str, Any]]:
     return [workload_view(conn, cfg, latest) for latest in store.fetch_all(conn, "latest_run_per_workload")]
 
 
+def markdown_html(text: str) -> str:
+    """The review's Markdown evidence as HTML, raw HTML in it escaped (it quotes production traffic)."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table").render(text)
+
+
 def required_action_link(dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
     """Airflow's own page for answering a review (what HITLOperator.generate_link_to_ui builds)."""
     path = f"/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}/tasks/{quote(task_id, safe='')}/required_actions"
@@ -118,13 +125,14 @@ def pending_reviews() -> list[dict[str, Any]]:
     with create_session() as session:
         rows = session.execute(
             select(TaskInstance.dag_id, TaskInstance.run_id, TaskInstance.task_id, TaskInstance.map_index,
-                   HITLDetail.subject, HITLDetail.assignees, HITLDetail.created_at)
+                   HITLDetail.subject, HITLDetail.body, HITLDetail.assignees, HITLDetail.created_at)
             .join(HITLDetail, HITLDetail.ti_id == TaskInstance.id)
             .join(DagTag, DagTag.dag_id == TaskInstance.dag_id)
             .where(HITLDetail.responded_at.is_(None), DagTag.name == "flywheel")
             .order_by(HITLDetail.created_at)
         ).all()
     return [{"dag_id": r.dag_id, "run_id": r.run_id, "task_id": r.task_id, "map_index": r.map_index,
-             "subject": r.subject, "assignees": [a.get("name") or a.get("id") for a in (r.assignees or [])],
+             "subject": r.subject, "body_html": markdown_html(r.body or ""),
+             "assignees": [a.get("name") or a.get("id") for a in (r.assignees or [])],
              "created_at": r.created_at, "link": required_action_link(r.dag_id, r.run_id, r.task_id, r.map_index)}
             for r in rows]

@@ -157,6 +157,15 @@ def test_full_flywheel_run(e2e_stack, tmp_path):
     # Review: the HITL approval task waits for a human; approving records deployment version 1.
     pending = api.pending_reviews(DAG_ID, run_id)
     assert pending and any("tool_router" in r["subject"] for r in pending)
+    # The evidence in the review: scores and cost, the data, items side by side, the comparison with
+    # what serves now (nothing yet), the LoRA training curve.
+    router = next(r for r in pending if "tool_router" in r["subject"])
+    body = router["body"]
+    for part in ("95% CI", "per 1,000 requests", "### Data", "PII redacted before storage",
+                 "eval items side by side", "| item | slice | request | production answer | candidate answer | score |",
+                 "Nothing is deployed for this workload yet", "### LoRA training curve", "Train loss per epoch"):
+        assert part in body, (part, body)
+    assert body.count("\n| logs") + body.count("\n| demo") >= 5 or body.count("\n| ") >= 7, body
     _check_page_while_reviews_wait(e2e_stack, run_key, pending, tmp_path)
     # Only the configured reviewers may decide: the admin is refused, a named reviewer approves,
     # and a second answer is refused.

@@ -87,6 +87,7 @@ def client(flywheel_db, monkeypatch, pg_socket):
     monkeypatch.setattr(data, "pending_reviews", lambda: [{
         "dag_id": "flywheel_on_demand", "run_id": "manual__2026-11-30", "task_id": "review", "map_index": 0,
         "subject": "Deploy tiny-lm-1.6m (lora) for support_qa?", "assignees": ["Alice"],
+        "body_html": data.markdown_html("| item | answer |\n|---|---|\n| a | <script>x</script> |"),
         "created_at": datetime(2026, 11, 30, tzinfo=timezone.utc),
         "link": data.required_action_link("flywheel_on_demand", "manual__2026-11-30", "review", 0)}])
     ui.app.dependency_overrides[ui.current_user] = _User
@@ -104,6 +105,8 @@ def test_page_shows_leaderboard_deployments_and_reviews(client):
     assert "tool_router-v1" in html and "Roll back" in html
     assert "/dags/flywheel_on_demand/runs/manual__2026-11-30/tasks/review/required_actions?map_index=0" in html
     assert "email 3" in html  # the PII audit of the dataset
+    # The review's evidence is rendered, the HTML in quoted traffic escaped.
+    assert "<td>&lt;script&gt;x&lt;/script&gt;</td>" in html and "<script>x</script>" not in html
     assert html.count('<circle class="pt-') >= 4  # two candidates, production, the deployed version, history
 
 

@@ -341,8 +341,11 @@ def leaderboard_rows(run_key: str) -> list[dict[str, Any]]:
 
 
 def publish_leaderboard(plan: dict[str, Any], cfg: FlywheelConfig | None = None) -> list[dict[str, Any]]:
-    """Log the leaderboard and return the review requests for the winners."""
-    from flywheel.report import pick_winners, render_leaderboard, review_request
+    """Log the leaderboard and return one review request per candidate that passes the review gate
+    and the regression guard, each with its evidence."""
+    from flywheel.adapters.review_evidence import review_evidence
+    from flywheel.deploy import reviewable
+    from flywheel.report import gate, render_leaderboard, review_request
 
     cfg = cfg or load_config()
     rows = leaderboard_rows(plan["run_key"])
@@ -350,10 +353,19 @@ def publish_leaderboard(plan: dict[str, Any], cfg: FlywheelConfig | None = None)
     log.info("\n%s", render_leaderboard(rows, cfg, run_key=plan["run_key"], threshold=plan["threshold"],
                                         slice_floor=floor))
     rows = guard_rows(plan, rows, cfg)
-    winners = pick_winners(rows, cfg, plan["threshold"], floor)
-    if not winners:
+    candidates = reviewable(rows, lambda r: gate(r, cfg, plan["threshold"], floor) is None)
+    if not candidates:
         log.info("No candidate passed the review gate (threshold %.2f): nothing to review.", plan["threshold"])
-    return [{"winner": w, **review_request(w, plan["run_key"], cfg, plan["threshold"], floor)} for w in winners]
+    requests = []
+    conn = get_conn()
+    try:
+        for c in candidates:
+            request = review_request(c, plan["run_key"], cfg, plan["threshold"], floor)
+            request["body"] += "\n\n" + review_evidence(conn, plan["run_key"], c)
+            requests.append({"winner": c, **request})
+    finally:
+        conn.close()
+    return requests
 
 
 def guard_rows(plan: dict[str, Any], rows: list[dict[str, Any]], cfg: FlywheelConfig) -> list[dict[str, Any]]:
