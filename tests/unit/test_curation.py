@@ -47,10 +47,16 @@ def _curate(items, **kwargs):
     return curate((parse_line(ref, line) for ref, line in items), **kwargs)
 
 
+@pytest.fixture(scope="module")
+def results(demo_by_workload):
+    """Each workload curated once with the defaults (Presidio on every kept record is the cost)."""
+    return {w: _curate(items) for w, items in demo_by_workload.items()}
+
+
 @pytest.mark.parametrize("workload", ["tool_router", "support_qa", "invoice_extraction", "sql_helper"])
-def test_counts_add_up_on_the_demo_data(demo_by_workload, workload):
+def test_counts_add_up_on_the_demo_data(demo_by_workload, results, workload):
     items = demo_by_workload[workload]
-    result = _curate(items)
+    result = results[workload]
     # Independent count: valid records with the same normalized request are duplicates.
     valid = [r for r in (parse_line(ref, line) for ref, line in items) if isinstance(r, LogRecord)]
     distinct = {json.dumps(normalized_request(r.request), sort_keys=True) for r in valid}
@@ -65,8 +71,8 @@ def test_counts_add_up_on_the_demo_data(demo_by_workload, workload):
     assert all(isinstance(q, Rejection) for q in result.quarantine)
 
 
-def test_demo_totals(demo_by_workload):
-    results = [_curate(demo_by_workload[w]) for w in ("tool_router", "support_qa", "invoice_extraction", "sql_helper")]
+def test_demo_totals(results):
+    results = [results[w] for w in ("tool_router", "support_qa", "invoice_extraction", "sql_helper")]
     reasons = Counter(q.reason for r in results for q in r.quarantine)
     # bad / out-of-range timestamps; response without choices, bad tool arguments, empty answer;
     # messages not a list (the ones that still name a real workload reach curation)
@@ -77,8 +83,8 @@ def test_demo_totals(demo_by_workload):
     assert support.n_duplicates > support.n_accepted / 4
 
 
-def test_splits_are_disjoint_balanced_and_stratified(router_items):
-    result = _curate(router_items, eval_size=20, val_ratio=0.1, seed=42)
+def test_splits_are_disjoint_balanced_and_stratified(results):
+    result = results["tool_router"]  # eval_size 20, val_ratio 0.1, seed 42
     ids = {s: [r.source_id for r in getattr(result, s)] for s in ("eval", "train", "val")}
     assert all(len(v) == len(set(v)) for v in ids.values())
     assert not (set(ids["eval"]) & set(ids["train"]) or set(ids["eval"]) & set(ids["val"])
@@ -98,18 +104,19 @@ def test_splits_are_disjoint_balanced_and_stratified(router_items):
 
 
 def test_split_is_deterministic_and_independent_of_input_order(router_items):
-    result = _curate(router_items, seed=42)
-    again = _curate(list(reversed(router_items)), seed=42)
+    items = router_items[:300]
+    result = _curate(items, seed=42)
+    again = _curate(list(reversed(items)), seed=42)
     assert again.dataset_hash == result.dataset_hash
     assert again.to_rows() == result.to_rows()
-    other = _curate(router_items, seed=7)
+    other = _curate(items, seed=7)
     assert other.dataset_hash != result.dataset_hash
     assert other.n_accepted == result.n_accepted
 
 
-def test_pii_is_redacted_before_anything_is_kept(demo_by_workload):
+def test_pii_is_redacted_before_anything_is_kept(results):
     for workload in ("tool_router", "support_qa"):
-        result = _curate(demo_by_workload[workload])
+        result = results[workload]
         assert result.pii["email"] > 0 and result.pii["phone"] > 0
         rows = result.to_rows()
         text = json.dumps(rows)
@@ -117,8 +124,8 @@ def test_pii_is_redacted_before_anything_is_kept(demo_by_workload):
         assert all(redact_text(r["prompt"] + " " + r["completion"])[1] == Counter() for r in rows)
 
 
-def test_rows_carry_the_seam_fields(router_items):
-    result = _curate(router_items)
+def test_rows_carry_the_seam_fields(results):
+    result = results["tool_router"]
     rows = result.to_rows()
     assert [r["split"] for r in rows] == ["eval"] * 20 + ["train"] * result.n_train + ["val"] * result.n_val
     assert set(rows[0]) == {"id", "split", "label", "client_id", "timestamp", "request", "response", "prompt",
@@ -280,9 +287,9 @@ def test_config_refuses_bad_curation_settings(tmp_path):
 
 # ---------------------------------------------------------------- streaming = in memory
 
-def test_the_streaming_path_builds_the_same_dataset(router_items):
+def test_the_streaming_path_builds_the_same_dataset(router_items, results):
     settings = CurationSettings(eval_size=20, val_ratio=0.1, seed=42)
-    memory = _curate(router_items, settings=settings)
+    memory = results["tool_router"]
     store = {i: SourceItem(i, ref, line) for i, (ref, line) in enumerate(router_items)}
     fetched: list[int] = []
 
@@ -304,7 +311,7 @@ def test_the_streaming_path_builds_the_same_dataset(router_items):
 
 def test_a_record_gone_before_the_fetch_is_quarantined_not_lost(router_items):
     settings = CurationSettings(eval_size=20, val_ratio=0.1, seed=42)
-    store = {i: SourceItem(i, ref, line) for i, (ref, line) in enumerate(router_items)}
+    store = {i: SourceItem(i, ref, line) for i, (ref, line) in enumerate(router_items[:200])}
     gone: set = set()
 
     def fetch(keys):
