@@ -428,3 +428,12 @@ ORDER BY r.created_at, g.candidate, g.strategy;
 SELECT status, metrics, gpu_seconds FROM experiments
 WHERE run_key = %(run_key)s AND workload_id = %(workload_id)s AND candidate = %(candidate)s
   AND strategy = %(strategy)s;
+
+-- name: insert_review_attempt
+INSERT INTO review_attempts (dag_id, dag_run_id, task_id, map_index, subject, username, http_status, detail)
+VALUES (%(dag_id)s, %(dag_run_id)s, %(task_id)s, %(map_index)s, %(subject)s, %(username)s, %(http_status)s,
+        %(detail)s);
+
+-- name: review_attempts
+SELECT id, dag_id, dag_run_id, task_id, map_index, subject, username, http_status, detail, attempted_at
+FROM review_attempts ORDER BY id;

@@ -94,13 +94,16 @@ def create_app() -> FastAPI:
         from flywheel_ui.data import page_data, pending_reviews
 
         cfg = load_config()
+        from flywheel.adapters import postgres as store
+
         conn = get_conn()
         try:
             workloads = page_data(conn, cfg)
+            attempts = list(reversed(store.fetch_all(conn, "review_attempts")))[:10]
         finally:
             conn.close()
         html = TEMPLATES.get_template("flywheel.html").render(
-            user=user.get_name(), workloads=workloads, pending=pending_reviews(), cfg=cfg,
+            user=user.get_name(), workloads=workloads, pending=pending_reviews(), cfg=cfg, attempts=attempts,
             may_rollback=_may(user, "PUT"), message=request.query_params.get("message", ""))
         return HTMLResponse(html)
 

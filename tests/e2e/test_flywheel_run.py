@@ -178,6 +178,10 @@ def test_full_flywheel_run(e2e_stack, tmp_path):
         as_reviewer.respond(r, "Approve", "e2e approval")
     with pytest.raises(RuntimeError, match="409"):
         as_reviewer.respond(pending[0], "Reject", "changed my mind")
+    # Both refusals are recorded by the flywheel plugin's middleware in the api-server.
+    attempts = e2e_stack.rows("SELECT username, http_status, subject FROM review_attempts ORDER BY id")
+    assert [(a["username"], a["http_status"]) for a in attempts] == [("admin", 403), (reviewer, 409)]
+    assert attempts[0]["subject"] == pending[0]["subject"]
     assert cli.follow_run(api, DAG_ID, run_id, timeout=300, interval=3, stop_at_review=False) == "success"
     deployments = e2e_stack.rows("SELECT * FROM deployments WHERE run_key = %s", (run_key,))
     assert {d["workload_id"] for d in deployments} == {r["subject"].split(" for ")[1].rstrip("?") for r in pending}
