@@ -478,12 +478,18 @@ class Materializer:
                                        "(e.g. by raw-log retention); the next run reads the store as it is then"))
         self.result.n_quarantined += 1
 
-    def add(self, split: str, index: int, record: LogRecord, *, redacted: bool = False) -> dict[str, Any] | None:
+    def add(self, split: str, index: int, record: LogRecord, *, redacted: bool = False,
+            stored_redacted: bool = False) -> dict[str, Any] | None:
         """The row of one kept record (redacted here unless it was stored redacted), or None when
         its redacted request leaks an eval item's (or repeats a kept one): then it is a duplicate."""
         if not redacted:
             record, found = redact_record(record, self.redactor)
             self.result.pii.update(found)
+        elif stored_redacted:
+            # Redacted before storage: the audit counts the placeholders the record carries.
+            from flywheel.pii import placeholder_counts
+
+            self.result.pii.update(placeholder_counts([record.request, record.response, record.extra]))
         key = request_key(record, with_answer=self.plan.settings.dedup_on_answer)
         leak_key = request_key(record) if self.plan.settings.dedup_on_answer else key
         if key in self._kept_keys or (split != "eval" and leak_key in self._eval_keys):
@@ -651,7 +657,7 @@ def curate_stream(
                     out.vanished(record.source_id)
                     continue
                 out.result.pii.update(pii)
-                row = out.add(split, index, record, redacted=True)
+                row = out.add(split, index, record, redacted=True, stored_redacted=item.redacted)
                 if row is not None:
                     on_row(row)
         result = out.finish()

@@ -675,3 +675,16 @@ def redact_record(record: LogRecord, redactor: Redactor | None = None) -> tuple[
 
 def has_placeholder(text: str) -> bool:
     return bool(_PLACEHOLDER.search(text))
+
+
+_STEM_ENTITY = {"EMAIL": "email", "PHONE": "phone", "CARD": "card", "IBAN": "iban", "SSN": "ssn", "IP": "ip",
+                "SECRET": "secret", "PERSON": "person", "LOCATION": "location"}
+_PLACEHOLDER_STEM = re.compile(r"<(EMAIL|PHONE|CARD|IBAN|SSN|IP|SECRET|PERSON|LOCATION)_\d+>")
+
+
+def placeholder_counts(obj: Any) -> Counter:
+    """What a record redacted before storage holds, by type: its placeholders, each distinct one
+    once (the dataset audit of records that arrive redacted; ``secret`` covers API keys and URL
+    credentials, which share the ``<SECRET_n>`` placeholder)."""
+    text = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
+    return Counter(_STEM_ENTITY[stem] for stem, _ in {(m.group(1), m.group(0)) for m in _PLACEHOLDER_STEM.finditer(text)})
