@@ -170,12 +170,27 @@ def _digest(obj: Any) -> int:
 
 
 def request_key(record: LogRecord, *, with_answer: bool = False) -> int:
-    """A 64-bit digest of the normalized request (and answer, when asked): the dedup key."""
-    messages = [_norm_message(m) for m in record.request.get("messages") or []]
-    parts: list[Any] = [messages, _tools_digest(record.request.get("tools"))]
+    """A 64-bit digest of the normalized request (and answer, when asked): the dedup key.
+
+    The parts are fed to the hash one by one, tagged and separated, so that a plain text message
+    (most of them) costs a whitespace fold and no JSON encoding; anything else (content parts, tool
+    calls, names) goes in as canonical JSON of its normalized form. Two requests get the same key
+    exactly when their normalized forms (:func:`normalized_request`) are equal.
+    """
+    h = hashlib.blake2b(digest_size=8)
+    for message in record.request.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if (isinstance(message, dict) and isinstance(content, str) and not message.get("tool_calls")
+                and message.get("name") is None and isinstance(message.get("role"), str)):
+            h.update(b"\x01" + message["role"].encode() + b"\x00" + _norm_text(content).encode("utf-8", "surrogatepass"))
+        else:
+            h.update(b"\x02" + json.dumps(_norm_message(message), sort_keys=True, ensure_ascii=False,
+                                            separators=(",", ":")).encode("utf-8", "surrogatepass"))
+    h.update(b"\x03" + _tools_digest(record.request.get("tools")).encode("utf-8", "surrogatepass"))
     if with_answer:
-        parts.append(normalized_answer(record.assistant_message))
-    return _digest(parts)
+        h.update(b"\x04" + json.dumps(normalized_answer(record.assistant_message), sort_keys=True,
+                                        ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+    return int.from_bytes(h.digest(), "big", signed=True)
 
 
 def request_hash(record: LogRecord, *, with_answer: bool = False) -> str:
