@@ -133,6 +133,20 @@ def create_app() -> FastAPI:
             })
         return JSONResponse(out)
 
+    @app.get("/api/routes")
+    def routes_json(user=Depends(current_user)):
+        """The routing records: which model serves each workload, and where (for applications that
+        cannot read the flywheel database; authenticate with an Airflow JWT)."""
+        if not _may(user, "GET"):
+            raise HTTPException(403, "you may not read the flywheel's DAGs")
+        from flywheel.adapters import deployments
+
+        conn = get_conn()
+        try:
+            return [r.model_dump(mode="json") for r in deployments.routes(conn)]
+        finally:
+            conn.close()
+
     @app.post("/api/rollback")
     def rollback(body: RollbackBody, request: Request, user=Depends(current_user)):
         # A JSON body with this header cannot be sent by a cross-site form: no CSRF through the cookie.

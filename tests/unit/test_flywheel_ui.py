@@ -115,6 +115,8 @@ def test_json_and_rollback_refusal(client, flywheel_db):
     (w,) = data
     assert w["workload_id"] == "tool_router" and w["route"]["model"] == "tool_router-v1"
     assert {(r["strategy"], r["score"]) for r in w["leaderboard"]} == {("base", 0.0), ("lora", 0.5)}
+    (route,) = client.get("/api/routes").json()
+    assert (route["workload_id"], route["model"], route["version"]) == ("tool_router", "tool_router-v1", 1)
     body = {"workload_id": "tool_router", "reason": "test"}
     assert client.post("/api/rollback", json=body).status_code == 400  # not from the page (no action header)
     resp = client.post("/api/rollback", json=body, headers={"X-Flywheel-Action": "rollback"})
