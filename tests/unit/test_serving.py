@@ -206,6 +206,8 @@ def test_deploy_serves_the_adapter_and_rollback_restores_the_previous_one(flywhe
 
     # A retried deployment task finds its version instead of making another.
     assert deployments.deploy(flywheel_db, client, _request(w, micro["a1"], "run/1")).version == 1
+    # An adapter left loaded by an attempt that never committed does not block the version's name.
+    client.load_adapter(f"{w}-v2", str(micro["a1"]), base_model="micro-a")
 
     v2 = deployments.deploy(flywheel_db, client, _request(w, micro["a2"], "run/2", by="bob"))
     assert (v2.version, v2.status) == (2, "active")

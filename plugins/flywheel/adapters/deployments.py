@@ -95,6 +95,9 @@ def _event(cur, workload_id: str, action: str, outcome: str, actor: str, *, vers
 def _load(serving: ServingClient, served: str, dep: dict[str, Any]) -> str:
     """Make the endpoint serve this version; returns the name applications call it by."""
     if dep["serving_path"]:
+        if served in serving.model_ids():
+            # Left by an attempt whose transaction did not commit (nothing routes to it): load afresh.
+            serving.unload_adapter(served)
         serving.load_adapter(served, dep["serving_path"], base_model=dep["candidate"])
         return served
     # base / icl: the candidate's base model itself serves the workload.
