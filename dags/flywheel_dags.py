@@ -1,7 +1,11 @@
-"""The data flywheel: one factory, three DAGs (daily, weekly deep sweep, on demand).
+"""The data flywheel: one factory, three run DAGs (daily, weekly deep sweep, on demand) and the
+review DAG.
 
-discover -> curate (per workload) -> experiment (per workload x candidate x strategy, GPU pool)
--> evaluate -> leaderboard -> human review (HITL) -> deploy a new version when approved.
+A run: discover -> curate (per workload) -> experiment (per workload x candidate x strategy, GPU
+pool) -> evaluate -> leaderboard -> one review request per candidate put up for review; the run
+ends there. Each request is its own run of ``flywheel_review``: human review (HITL) -> deploy a new
+version when approved. A review that waits three days holds no slot of the computing runs and
+delays no other review.
 Each task calls one function of the task adapter (flywheel.adapters.airflow_tasks); this file only
 wires them. (Named flywheel_dags so that no DAG file shares a module name with a package.)
 """
@@ -12,11 +16,13 @@ import re
 from datetime import datetime, timedelta
 
 from airflow.providers.standard.operators.hitl import HITLOperator
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, TaskGroup, TriggerRule, dag, get_current_context, task, task_group
 
 from flywheel.adapters import airflow_tasks as tasks
 from flywheel.config import STRATEGIES, DagProfile, FlywheelConfig, load_config
 from flywheel.deploy import REJECT, REVIEW_OPTIONS
+from flywheel.review import REVIEW_DAG_ID
 from flywheel_operators import GPU_POOL, gpu_job_operator_class
 
 def _params(cfg: FlywheelConfig, profile: DagProfile, candidates: list[str]) -> dict[str, Param]:
@@ -48,8 +54,14 @@ def _record_gpu_failure(context) -> None:
     tasks.record_job_failure(context["task"].job, str(context.get("exception") or "unknown error"))
 
 
-def _review_kwargs(request: dict) -> dict:
-    return {"subject": request["subject"], "body": request["body"]}
+def _review_trigger(request: dict) -> dict:
+    # One review run per request, its id derived from the request: a retried trigger is skipped.
+    return {"trigger_run_id": request["review_run_id"], "conf": {"request": request}}
+
+
+# A waiting review holds no worker slot (the HITL task waits in awaiting_input): this only bounds
+# how many review runs are open at once, far above what humans leave pending.
+REVIEW_MAX_ACTIVE_RUNS = 256
 
 
 def build_flywheel_dag(profile: DagProfile, cfg: FlywheelConfig):
@@ -110,13 +122,6 @@ def build_flywheel_dag(profile: DagProfile, cfg: FlywheelConfig):
         def publish_leaderboard(plan: dict) -> list[dict]:
             return tasks.publish_leaderboard(plan)
 
-        @task(map_index_template="{{ review_label }}")
-        def deploy_decision(plan: dict, item: tuple) -> dict:
-            request, decision = item
-            w = request["winner"]
-            get_current_context()["review_label"] = f"{w['workload_id']} · {w['candidate']} · {w['strategy']}"
-            return tasks.deploy_decision(plan, request, decision)
-
         plan = register_run()
         targets = discover_workloads(plan)
         datasets = curate_workload.partial(plan=plan).expand(target=targets)
@@ -144,21 +149,64 @@ def build_flywheel_dag(profile: DagProfile, cfg: FlywheelConfig):
 
         requests = publish_leaderboard(plan)
         experiment_groups >> requests
-        review = HITLOperator.partial(
+        # The run ends here: each request opens its own review run (no waiting on it).
+        TriggerDagRunOperator.partial(
+            task_id="request_review",
+            trigger_dag_id=REVIEW_DAG_ID,
+            logical_date=None,  # a review has no data interval
+            wait_for_completion=False,
+            skip_when_already_exists=True,
+            map_index_template="{{ task.conf.request.workload_id }} · {{ task.conf.request.candidate }} · "
+                               "{{ task.conf.request.strategy }}",
+        ).expand_kwargs(requests.map(_review_trigger))
+
+    return flywheel()
+
+
+def build_review_dag(cfg: FlywheelConfig):
+    """One run per review request (its conf): the human decision, then the deployment record."""
+
+    @dag(
+        dag_id=REVIEW_DAG_ID,
+        description="Human review of one candidate put up by a flywheel run, and its deployment.",
+        schedule=None,  # triggered by the flywheel runs (task request_review), one run per request
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=REVIEW_MAX_ACTIVE_RUNS,
+        is_paused_upon_creation=False,  # a paused review DAG would hold every review silently
+        tags=["flywheel", "review"],
+        default_args={"retries": 1, "retry_delay": timedelta(seconds=20)},
+        doc_md=__doc__,
+    )
+    def flywheel_review():
+        @task
+        def open_review(dag_run=None) -> dict:
+            return tasks.open_review(dag_run.conf)
+
+        @task
+        def deploy_decision(request: dict, decision: dict) -> dict:
+            return tasks.deploy_decision(request, decision)
+
+        request = open_review()
+        review = HITLOperator(
             task_id="review",
+            subject="{{ ti.xcom_pull(task_ids='open_review')['subject'] }}",
+            body="{{ ti.xcom_pull(task_ids='open_review')['body'] }}",
             options=REVIEW_OPTIONS,
             params={"comment": Param("", type="string", title="Comment")},
             response_timeout=timedelta(hours=cfg.review_timeout_hours),
             defaults=[REJECT],  # no answer in time: recorded as a timeout, nothing is deployed
             # Only the configured reviewers may decide (Airflow refuses anyone else, the admin too).
             assigned_users=[r.as_hitl_user() for r in cfg.reviewers] or None,
-            map_index_template="{{ task.subject }}",
-        ).expand_kwargs(requests.map(_review_kwargs))
-        deploy_decision.partial(plan=plan).expand(item=requests.zip(review.output))
+            retries=0,  # a retry would ask the human again
+        )
+        request >> review
+        deploy_decision(request, review.output)
 
-    return flywheel()
+    return flywheel_review()
 
 
 _CFG = load_config()
 for _profile in _CFG.dags.values():
     globals()[_profile.dag_id] = build_flywheel_dag(_profile, _CFG)
+flywheel_review = build_review_dag(_CFG)

@@ -437,3 +437,11 @@ VALUES (%(dag_id)s, %(dag_run_id)s, %(task_id)s, %(map_index)s, %(subject)s, %(u
 -- name: review_attempts
 SELECT id, dag_id, dag_run_id, task_id, map_index, subject, username, http_status, detail, attempted_at
 FROM review_attempts ORDER BY id;
+
+-- ---------------------------------------------------------------- review DAG (issue 7)
+
+-- name: review_of_experiment
+-- The decision recorded for one reviewed experiment.
+SELECT decision, reviewer, comment, decided_at FROM reviews
+WHERE run_key = %(run_key)s AND workload_id = %(workload_id)s AND candidate = %(candidate)s
+  AND strategy = %(strategy)s;

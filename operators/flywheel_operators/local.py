@@ -19,6 +19,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from flywheel.gpu_job import GpuJob
+from flywheel_operators.devices import cpu_threads_env
 
 
 class LocalGpuJobOperator(BaseOperator):
@@ -62,7 +63,8 @@ class LocalGpuJobOperator(BaseOperator):
         cmd = [self.python, "-m", "flywheel_trainer", *job.args, "--spec", spec_path]
         self.log.info("Running %s", " ".join(cmd))
         started = time.monotonic()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               **cpu_threads_env()}
         try:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
             assert proc.stdout is not None

@@ -52,6 +52,13 @@ class AirflowAPI:
     def dag_run(self, dag_id: str, run_id: str) -> dict:
         return self._call("GET", "dags", dag_id, "dagRuns", run_id)
 
+    def dag_runs(self, dag_id: str, *, conf_contains: str | None = None, limit: int = 100) -> list[dict]:
+        """Runs of a DAG, newest first; `conf_contains` keeps those whose conf contains the text."""
+        params: dict[str, Any] = {"limit": limit, "order_by": "-id"}
+        if conf_contains:
+            params["conf_contains"] = conf_contains
+        return self._call("GET", "dags", dag_id, "dagRuns", params=params)["dag_runs"]
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         out: list[dict] = []
         while True:

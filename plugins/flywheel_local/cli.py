@@ -30,6 +30,7 @@ from pathlib import Path
 from flywheel.adapters import postgres as store
 from flywheel_local import stack
 from flywheel.config import load_config
+from flywheel.review import REVIEW_DAG_ID
 
 DEMO_SEED = 7
 DEMO_DAG = "flywheel_on_demand"
@@ -79,10 +80,11 @@ def up(paths: stack.StackPaths) -> tuple[Path, dict[str, str]]:
             conn.close()
         say(f"applied {applied}" if applied else "schema up to date")
     with Step("GPU pool flywheel_gpu"):
-        slots = os.environ.get("FLYWHEEL_GPU_SLOTS", "1")
+        slots = env["FLYWHEEL_GPU_SLOTS"]
         stack.airflow_cli(env, "pools", "set", "flywheel_gpu", slots,
                           "GPU slots of the flywheel (local backend: concurrent trainer processes)")
-        say(f"{slots} slot(s)")
+        gpus = stack.detect_gpus()
+        say(f"{slots} slot(s) ({f'{gpus} GPU(s) found' if gpus else 'no GPU: CPU-only default'}; FLYWHEEL_GPU_SLOTS overrides)")
     with Step("Airflow (api-server, scheduler, dag-processor, triggerer)"):
         started = stack.start_airflow(paths, env)
         say(f"started {', '.join(started)}" if started else "already running")
@@ -266,6 +268,43 @@ def follow_run(api, dag_id: str, run_id: str, *, timeout: float = 3600, interval
         time.sleep(interval)
 
 
+def review_runs(api, run_key: str) -> list[dict]:
+    """The review runs (one per review request) that the run `run_key` opened."""
+    runs = api.dag_runs(REVIEW_DAG_ID, conf_contains=run_key)
+    return [r for r in runs if ((r.get("conf") or {}).get("request") or {}).get("run_key") == run_key]
+
+
+def wait_for_reviews(api, dag_id: str, run_id: str, *, timeout: float = 300, interval: float = 2.0) -> list[dict]:
+    """After a run ended: wait until each review run it opened asks its human (or is already done);
+    returns the pending reviews (HITL details) of those runs."""
+    requested = [ti for ti in api.task_instances(dag_id, run_id)
+                 if ti["task_id"] == "request_review" and ti["state"] in ("success", "skipped")]
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = review_runs(api, f"{dag_id}/{run_id}")
+        ids = {r["dag_run_id"] for r in runs}
+        pending = [p for p in api.pending_reviews(REVIEW_DAG_ID) if p["task_instance"]["dag_run_id"] in ids]
+        waiting = {p["task_instance"]["dag_run_id"] for p in pending}
+        settled = all(r["state"] in ("success", "failed") or r["dag_run_id"] in waiting for r in runs)
+        if len(runs) >= len(requested) and settled:
+            return pending
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(requested)} review(s) requested by {run_id}, {len(runs)} review run(s) found, "
+                               f"{len(waiting)} waiting for a human after {timeout:.0f}s")
+        time.sleep(interval)
+
+
+def wait_for_run_end(api, dag_id: str, run_id: str, *, timeout: float = 300, interval: float = 2.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = api.dag_run(dag_id, run_id)["state"]
+        if state in ("success", "failed"):
+            return state
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"run {dag_id}/{run_id} still {state} after {timeout:.0f}s")
+        time.sleep(interval)
+
+
 def print_leaderboard(socket_dir: Path, run_key: str | None = None) -> str | None:
     from flywheel.report import render_leaderboard
 
@@ -312,11 +351,11 @@ def cmd_demo(args) -> int:
         cfg = load_config()
         say(f"run {run['dag_run_id']} (review threshold {DEMO_THRESHOLD} and slice floor {DEMO_SLICE_FLOOR} for the "
             f"toy student; production defaults {cfg.threshold} and {cfg.slice_floor})")
-    with Step("Flywheel run (discover -> curate -> experiments -> evaluate -> leaderboard -> review)"):
+    with Step("Flywheel run (discover -> curate -> experiments -> evaluate -> leaderboard -> review requests)"):
         state = follow_run(api, DEMO_DAG, run["dag_run_id"], timeout=args.timeout)
     print()
     print_leaderboard(socket_dir, f"{DEMO_DAG}/{run['dag_run_id']}")
-    pending = api.pending_reviews(DEMO_DAG, run["dag_run_id"])
+    pending = wait_for_reviews(api, DEMO_DAG, run["dag_run_id"]) if state == "success" else []
     secrets = stack.load_secrets(paths)
     print()
     say(f"run state: {state}; demo took {time.monotonic() - t0:.0f}s")
@@ -327,12 +366,13 @@ def cmd_demo(args) -> int:
         say(f"{len(pending)} candidate(s) wait for your review:")
         for i, r in enumerate(pending, 1):
             print(f"      {i}. {r['subject']}")
-        say("approve in the UI (Browse > Required Actions, or the run's 'review' task), or here:")
+        say(f"each is its own run of the {REVIEW_DAG_ID} DAG; the flywheel run itself is done.")
+        say("approve in the UI (Browse > Required Actions, or the review run's 'review' task), or here:")
         say(f"    make approve            # approve all pending reviews as {default_reviewer()} (make reject to reject)")
     else:
         say("no candidate reached the review threshold in this run")
     say("stop everything with:  make stop   (data is kept; `make demo` again reuses it)")
-    return 0 if state in ("success", "awaiting_review") else 1
+    return 0 if state == "success" else 1
 
 
 def cmd_up(args) -> int:
@@ -423,6 +463,7 @@ def cmd_reviews(args) -> int:
     except KeyError as exc:
         raise SystemExit(str(exc.args[0])) from None
     failed = 0
+    answered: list[dict] = []
     for r in chosen:
         try:
             as_reviewer.respond(r, option, args.comment)
@@ -431,7 +472,34 @@ def cmd_reviews(args) -> int:
             say(f"not {option.lower()}d as {reviewer}: {r['subject']}: {exc}")
             continue
         say(f"{option.lower()}d as {reviewer}: {r['subject']}")
+        answered.append(r)
+    # Each decision takes effect in its own review run: wait for them and show what was recorded.
+    socket_dir = stack.postgres_socket_dir(paths)
+    for r in answered:
+        ti = r["task_instance"]
+        state = wait_for_run_end(api, ti["dag_id"], ti["dag_run_id"], timeout=args.timeout)
+        failed += state != "success"
+        request = (api.dag_run(ti["dag_id"], ti["dag_run_id"]).get("conf") or {}).get("request") or {}
+        say(f"{ti['dag_run_id']}: {state}; {_recorded_outcome(socket_dir, request)}")
     return 1 if failed else 0
+
+
+def _recorded_outcome(socket_dir: Path | None, request: dict) -> str:
+    key = {k: request.get(k) for k in ("run_key", "workload_id", "candidate", "strategy")}
+    if socket_dir is None or None in key.values():
+        return "see the review run in the UI"
+    conn = stack.connect_flywheel(socket_dir)
+    try:
+        review = store.fetch_all(conn, "review_of_experiment", key)
+        deployment = store.fetch_all(conn, "first_deployment_of_experiment", key)
+    finally:
+        conn.close()
+    if not review:
+        return "no decision recorded"
+    if deployment:
+        d = deployment[0]
+        return f"{review[0]['decision']} by {review[0]['reviewer']}: {key['workload_id']} deployment v{d['version']} ({d['status']})"
+    return f"{review[0]['decision']} by {review[0]['reviewer']}: nothing deployed"
 
 
 # --- gold items and judge calibration -------------------------------------------------------------
@@ -690,6 +758,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--comment", default="")
     p.add_argument("--as", dest="as_user", default="",
                    help="answer as this account (default: the first reviewer of the configuration)")
+    p.add_argument("--timeout", type=float, default=300, help="seconds to wait for each decision to take effect")
     p.set_defaults(func=cmd_reviews)
     p = sub.add_parser("gold", help="gold items: export eval items to correct, import corrected answers")
     p.add_argument("action", choices=["export", "import"])

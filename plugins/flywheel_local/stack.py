@@ -25,6 +25,25 @@ from flywheel.config import PROJECT_ROOT
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 ADMIN_USER = "admin"
+# Slots of the flywheel_gpu pool on a machine without GPUs: two trainer processes at once, each on
+# its share of the cores (the local backend splits them), so two runs' jobs really overlap.
+CPU_ONLY_GPU_SLOTS = 2
+
+
+def detect_gpus() -> int:
+    from flywheel_operators.devices import visible_gpus
+
+    return len(visible_gpus())
+
+
+def gpu_slots() -> int:
+    """Size of the flywheel_gpu pool: FLYWHEEL_GPU_SLOTS, else the number of GPUs, else 2 (CPU)."""
+    raw = os.environ.get("FLYWHEEL_GPU_SLOTS", "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise ValueError(f"FLYWHEEL_GPU_SLOTS={raw!r}: give the number of GPUs (a whole number >= 1)")
+        return int(raw)
+    return detect_gpus() or CPU_ONLY_GPU_SLOTS
 
 
 @dataclass(frozen=True)
@@ -248,6 +267,7 @@ def airflow_env(paths: StackPaths, socket_dir: Path) -> dict[str, str]:
         "FLYWHEEL_MODELS_DIR": os.environ.get("FLYWHEEL_MODELS_DIR", str(paths.models)),
         "FLYWHEEL_ARTIFACTS": os.environ.get("FLYWHEEL_ARTIFACTS", f"file://{paths.artifacts}"),
         "FLYWHEEL_GPU_BACKEND": os.environ.get("FLYWHEEL_GPU_BACKEND", "local"),
+        "FLYWHEEL_GPU_SLOTS": str(gpu_slots()),
         "FLYWHEEL_TRAINING_PROFILE": os.environ.get("FLYWHEEL_TRAINING_PROFILE", "cpu-demo"),
         # The serving endpoint approved versions are deployed to (flywheel_local.serving_server).
         "FLYWHEEL_SERVING_URL": os.environ.get("FLYWHEEL_SERVING_URL", serving_url()),

@@ -13,6 +13,7 @@ from flywheel_operators import GPU_POOL
 
 DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
 DAG_IDS = {"flywheel_daily", "flywheel_weekly", "flywheel_on_demand"}
+REVIEW_DAG = "flywheel_review"
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def test_no_import_errors(dagbag):
 
 
 def test_the_three_dags(dagbag):
-    assert set(dagbag.dag_ids) == DAG_IDS
+    assert set(dagbag.dag_ids) == DAG_IDS | {REVIEW_DAG}
     cfg = load_config()
     for dag_id in DAG_IDS:
         dag = dagbag.dags[dag_id]
@@ -60,11 +61,13 @@ def test_task_shape(dagbag, dag_id):
     dag = dagbag.dags[dag_id]
     cfg = load_config()
     ids = set(dag.task_ids)
-    for step in ("register_run", "discover_workloads", "curate_workload", "publish_leaderboard", "review",
-                 "deploy_decision"):
+    for step in ("register_run", "discover_workloads", "curate_workload", "publish_leaderboard", "request_review"):
         assert step in ids
-    # Dynamic task mapping over workloads and over workload x candidate x strategy.
-    for mapped in ("curate_workload", "review", "deploy_decision"):
+    # The run ends at the review requests: no human step (nothing that waits for days) in a run.
+    assert not ({"review", "deploy_decision"} & ids)
+    assert dag.get_task("request_review").downstream_task_ids == set()
+    # Dynamic task mapping over workloads, over workload x candidate x strategy, over review requests.
+    for mapped in ("curate_workload", "request_review"):
         assert isinstance(dag.get_task(mapped), MappedOperator), mapped
     gpu_tasks = _task(dag, ".experiment.gpu_job")
     expected_candidates = set(cfg.candidates) if cfg.dags[dag_id].schedule is None else set(cfg.dags[dag_id].candidates)
@@ -79,10 +82,31 @@ def test_task_shape(dagbag, dag_id):
         assert _is_mapped(t) and t.map_index_template
     # The order of the six steps.
     assert "discover_workloads" in dag.get_task("curate_workload").upstream_task_ids
-    assert "review" in dag.get_task("deploy_decision").upstream_task_ids
-    assert "publish_leaderboard" in dag.get_task("review").upstream_task_ids
+    assert "publish_leaderboard" in dag.get_task("request_review").upstream_task_ids
     for t in _task(dag, ".experiment.evaluate_experiment"):
         assert any(u.endswith(".experiment.gpu_job") for u in t.upstream_task_ids)
+
+
+def test_review_dag_is_one_decision_per_run(dagbag):
+    from airflow.providers.standard.operators.hitl import HITLOperator
+
+    from flywheel.review import REVIEW_DAG_ID
+
+    assert REVIEW_DAG == REVIEW_DAG_ID
+    dag = dagbag.dags[REVIEW_DAG]
+    assert dag.schedule is None  # triggered by the runs' request_review, one run per request
+    # Enough open review runs at once that pending humans never queue new reviews behind them.
+    assert dag.max_active_runs >= 100
+    review = dag.get_task("review")
+    assert isinstance(review, HITLOperator) and not isinstance(review, MappedOperator)
+    assert review.defaults == ["Reject"] and review.response_timeout.days == 3
+    assert dag.get_task("open_review").downstream_task_ids == {"review", "deploy_decision"}
+    assert "review" in dag.get_task("deploy_decision").upstream_task_ids
+    for dag_id in DAG_IDS:
+        trigger = dagbag.dags[dag_id].get_task("request_review")
+        assert trigger.partial_kwargs["trigger_dag_id"] == REVIEW_DAG
+        assert trigger.partial_kwargs["skip_when_already_exists"] is True
+        assert trigger.partial_kwargs["wait_for_completion"] is False
 
 
 def test_no_cycles(dagbag):

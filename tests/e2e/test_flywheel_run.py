@@ -2,7 +2,8 @@
 
 One run of ``flywheel_on_demand`` over a small generated log set, with a deliberately broken
 candidate beside the real one: its experiments must fail alone while the rest of the run goes on
-to the leaderboard and the human review; approving the review must record deployment version 1.
+to the leaderboard. The run then ends, leaving one ``flywheel_review`` run per candidate up for
+review; each decision takes effect on its own (deployment version 1) while the others still wait.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 from flywheel.adapters import object_storage
 from flywheel.adapters.serving import ServingClient
 from flywheel.prompts import parse_completion
+from flywheel.review import REVIEW_DAG_ID
 from flywheel_local import cli, stack
 
 import flywheel_browser as browser  # tests/e2e/flywheel_browser.py (a helper, not a test)
@@ -68,12 +70,12 @@ def test_full_flywheel_run(e2e_stack, tmp_path):
     api.wait_for_dag(DAG_ID)
     api.unpause(DAG_ID)
     run = api.trigger(DAG_ID, conf={"candidates": [CANDIDATE, BROKEN], "strategies": STRATEGIES,
-                                    "eval_size": 20, "threshold": 0.4,
-                                    "slice_floor": 0.3})
+                                    "eval_size": 20, "threshold": 0.4, "slice_floor": 0.3})
     run_id = run["dag_run_id"]
     run_key = f"{DAG_ID}/{run_id}"
+    # The computing run ends with its leaderboard: no human holds it (or a max_active_runs slot).
     state = cli.follow_run(api, DAG_ID, run_id, timeout=1500, interval=3)
-    assert state == "awaiting_review", state
+    assert state == "success", state
 
     # Discovery: the three main workloads are selected, the small one is skipped with its reason.
     workloads = {r["workload_id"]: r for r in e2e_stack.rows("SELECT * FROM workloads WHERE run_key = %s", (run_key,))}
@@ -154,9 +156,13 @@ def test_full_flywheel_run(e2e_stack, tmp_path):
     by = {(s["workload_id"], s["strategy"]): s["score"] for s in scores}
     assert by[("tool_router", "lora")] >= by[("tool_router", "base")] + 0.3, by
 
-    # Review: the HITL approval task waits for a human; approving records deployment version 1.
-    pending = api.pending_reviews(DAG_ID, run_id)
-    assert pending and any("tool_router" in r["subject"] for r in pending)
+    # Review: the run ended; each candidate up for review waits in its own flywheel_review run.
+    pending = cli.wait_for_reviews(api, DAG_ID, run_id, timeout=300)
+    review_runs = cli.review_runs(api, run_key)
+    assert pending and len(pending) == len(review_runs), (pending, review_runs)
+    assert {p["task_instance"]["dag_run_id"] for p in pending} == {r["dag_run_id"] for r in review_runs}
+    assert all(p["task_instance"]["dag_id"] == REVIEW_DAG_ID for p in pending)
+    assert any("tool_router" in r["subject"] for r in pending)
     # The evidence in the review: scores and cost, the data, items side by side, the comparison with
     # what serves now (nothing yet), the LoRA training curve.
     router = next(r for r in pending if "tool_router" in r["subject"])
@@ -174,7 +180,15 @@ def test_full_flywheel_run(e2e_stack, tmp_path):
         api.respond(pending[0], "Approve", "admin tries")
     reviewer = cli.default_reviewer()
     as_reviewer = cli.api_client(paths, reviewer)
-    for r in pending:
+    # Each decision takes effect in its own run: the first approval deploys while the others wait.
+    first, rest = pending[0], pending[1:]
+    as_reviewer.respond(first, "Approve", "e2e approval")
+    assert cli.wait_for_run_end(api, REVIEW_DAG_ID, first["task_instance"]["dag_run_id"], timeout=300) == "success"
+    deployed = e2e_stack.rows("SELECT workload_id FROM deployments WHERE run_key = %s", (run_key,))
+    assert [d["workload_id"] for d in deployed] == [first["subject"].split(" for ")[1].rstrip("?")]
+    still = {p["task_instance"]["dag_run_id"] for p in api.pending_reviews(REVIEW_DAG_ID)}
+    assert {p["task_instance"]["dag_run_id"] for p in rest} <= still
+    for r in rest:
         as_reviewer.respond(r, "Approve", "e2e approval")
     with pytest.raises(RuntimeError, match="409"):
         as_reviewer.respond(pending[0], "Reject", "changed my mind")
@@ -182,7 +196,8 @@ def test_full_flywheel_run(e2e_stack, tmp_path):
     attempts = e2e_stack.rows("SELECT username, http_status, subject FROM review_attempts ORDER BY id")
     assert [(a["username"], a["http_status"]) for a in attempts] == [("admin", 403), (reviewer, 409)]
     assert attempts[0]["subject"] == pending[0]["subject"]
-    assert cli.follow_run(api, DAG_ID, run_id, timeout=300, interval=3, stop_at_review=False) == "success"
+    for r in rest:
+        assert cli.wait_for_run_end(api, REVIEW_DAG_ID, r["task_instance"]["dag_run_id"], timeout=300) == "success"
     deployments = e2e_stack.rows("SELECT * FROM deployments WHERE run_key = %s", (run_key,))
     assert {d["workload_id"] for d in deployments} == {r["subject"].split(" for ")[1].rstrip("?") for r in pending}
     assert all(d["version"] == 1 and d["status"] == "active" and d["approved_by"] == reviewer for d in deployments)

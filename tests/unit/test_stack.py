@@ -29,3 +29,36 @@ def test_stop_postgres_when_pg_ctl_cannot_reach_the_data_dir(tmp_path, monkeypat
     finally:
         outer.chmod(0o755)
         stack.stop_postgres(paths)
+
+
+@pytest.mark.parametrize("visible, expected", [("0,1", 2), ("3", 1), ("", 0), ("-1", 0)])
+def test_detect_gpus_follows_cuda_visible_devices(monkeypatch, visible, expected):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert stack.detect_gpus() == expected
+
+
+def test_gpu_pool_size(monkeypatch):
+    monkeypatch.delenv("FLYWHEEL_GPU_SLOTS", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert stack.gpu_slots() == 4  # one slot per GPU
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert stack.gpu_slots() == stack.CPU_ONLY_GPU_SLOTS == 2  # CPU-only machine
+    monkeypatch.setenv("FLYWHEEL_GPU_SLOTS", "8")
+    assert stack.gpu_slots() == 8  # configuration wins
+    for bad in ("0", "two", "-3"):
+        monkeypatch.setenv("FLYWHEEL_GPU_SLOTS", bad)
+        with pytest.raises(ValueError, match="FLYWHEEL_GPU_SLOTS"):
+            stack.gpu_slots()
+
+
+def test_cpu_jobs_split_the_cores_between_pool_slots(monkeypatch):
+    from flywheel_operators.devices import cpu_threads_env
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setenv("FLYWHEEL_GPU_SLOTS", "2")
+    assert cpu_threads_env()["OMP_NUM_THREADS"] == "4"
+    monkeypatch.setenv("FLYWHEEL_GPU_SLOTS", "16")
+    assert cpu_threads_env()["OMP_NUM_THREADS"] == "1"  # never zero
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert cpu_threads_env() == {}  # GPU jobs keep their threads

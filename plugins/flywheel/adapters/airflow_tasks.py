@@ -342,10 +342,14 @@ def leaderboard_rows(run_key: str) -> list[dict[str, Any]]:
 
 def publish_leaderboard(plan: dict[str, Any], cfg: FlywheelConfig | None = None) -> list[dict[str, Any]]:
     """Log the leaderboard and return one review request per candidate that passes the review gate
-    and the regression guard, each with its evidence."""
+    and the regression guard, each with its evidence.
+
+    The run ends here: each request becomes its own run of the review DAG (task request_review).
+    """
     from flywheel.adapters.review_evidence import review_evidence
     from flywheel.deploy import reviewable
     from flywheel.report import gate, render_leaderboard, review_request
+    from flywheel.review import ReviewRequest
 
     cfg = cfg or load_config()
     rows = leaderboard_rows(plan["run_key"])
@@ -362,10 +366,13 @@ def publish_leaderboard(plan: dict[str, Any], cfg: FlywheelConfig | None = None)
         for c in candidates:
             request = review_request(c, plan["run_key"], cfg, plan["threshold"], floor)
             request["body"] += "\n\n" + review_evidence(conn, plan["run_key"], c)
-            requests.append({"winner": c, **request})
+            requests.append(ReviewRequest.from_winner(c, run_key=plan["run_key"], threshold=plan["threshold"],
+                                                      slice_floor=floor, **request))
     finally:
         conn.close()
-    return requests
+    for r in requests:
+        log.info("review requested: %s (review run %s)", r.label, r.review_run_id)
+    return [r.model_dump(mode="json") for r in requests]
 
 
 def guard_rows(plan: dict[str, Any], rows: list[dict[str, Any]], cfg: FlywheelConfig) -> list[dict[str, Any]]:
@@ -393,46 +400,57 @@ def guard_rows(plan: dict[str, Any], rows: list[dict[str, Any]], cfg: FlywheelCo
     return kept
 
 
-def deploy_decision(plan: dict[str, Any], request: dict[str, Any], decision: dict[str, Any],
+def open_review(conf: dict[str, Any] | None) -> dict[str, Any]:
+    """The review run's request, validated before a human is asked anything."""
+    from flywheel.review import ReviewRequest
+
+    request = ReviewRequest.from_conf(conf)
+    log.info("review of %s from run %s: score %.3f (threshold %.2f)", request.label, request.run_key,
+             request.score, request.threshold)
+    return request.model_dump(mode="json")
+
+
+def deploy_decision(request: dict[str, Any], decision: dict[str, Any],
                     cfg: FlywheelConfig | None = None) -> dict[str, Any]:
-    """Record the review; an approved candidate becomes a new version loaded into the serving endpoint.
+    """Record the review of one request (the review run's conf); an approved candidate becomes a
+    new version loaded into the serving endpoint.
 
     When the endpoint is down or refuses the model the version is recorded as failed, the active
     version keeps serving, and this task fails (its retry tries the same version again).
     """
     from flywheel.adapters import deployments, serving
+    from flywheel.review import ReviewRequest
 
     cfg = cfg or load_config()
-    winner = request["winner"]
+    req = ReviewRequest.from_conf({"request": request})
+    winner = {**req.key, "output_uri": req.output_uri}
     conn = get_conn()
     try:
         from flywheel.deploy import evidence_hash
 
-        outcome = store.record_decision(conn, run_key=plan["run_key"], winner=winner, decision=decision,
-                                        evidence_hash=evidence_hash(request["subject"], request["body"]))
-        log.info("review of %s · %s · %s: %s by %s", winner["workload_id"], winner["candidate"],
-                 winner["strategy"], outcome["decision"], outcome["reviewer"])
+        outcome = store.record_decision(conn, run_key=req.run_key, winner=winner, decision=decision,
+                                        evidence_hash=evidence_hash(req.subject, req.body))
+        log.info("review of %s: %s by %s", req.label, outcome["decision"], outcome["reviewer"])
         if outcome["decision"] != "approved":
             return outcome
-        model_path = cfg.candidates[winner["candidate"]].model_path
-        dataset = store.fetch_all(conn, "dataset_of_run", {"run_key": plan["run_key"],
-                                                           "workload_id": winner["workload_id"]})
-        req = deployments.DeployRequest(
-            run_key=plan["run_key"], workload_id=winner["workload_id"], candidate=winner["candidate"],
-            strategy=winner["strategy"], model_path=model_path,
-            adapter_uri=f"{winner['output_uri']}/adapter" if winner["strategy"] == "lora" and winner.get("output_uri") else None,
+        model_path = cfg.candidates[req.candidate].model_path
+        dataset = store.fetch_all(conn, "dataset_of_run", {"run_key": req.run_key, "workload_id": req.workload_id})
+        deploy = deployments.DeployRequest(
+            run_key=req.run_key, workload_id=req.workload_id, candidate=req.candidate,
+            strategy=req.strategy, model_path=model_path,
+            adapter_uri=f"{req.output_uri}/adapter" if req.strategy == "lora" and req.output_uri else None,
             template_version=deployments.template_version(model_path),
             dataset_hash=dataset[0]["dataset_hash"] if dataset else None,
-            scores={k: winner.get(k) for k in ("score", "ci_low", "ci_high", "n", "method", "cost_per_1k")},
+            scores={k: getattr(req, k) for k in ("score", "ci_low", "ci_high", "n", "method", "cost_per_1k")},
             approved_by=outcome["reviewer"],
         )
-        dep = deployments.deploy(conn, serving.client(), req)
+        dep = deployments.deploy(conn, serving.client(), deploy)
         if dataset and dataset[0]["uri"]:
             from flywheel.adapters.anchors import freeze_anchor_set
 
             eval_rows = [r for r in object_storage.read_jsonl(dataset[0]["uri"]) if r["split"] == "eval"]
-            frozen = freeze_anchor_set(conn, workload_id=dep.workload_id, run_key=plan["run_key"],
-                                       candidate=winner["candidate"], strategy=winner["strategy"],
+            frozen = freeze_anchor_set(conn, workload_id=dep.workload_id, run_key=req.run_key,
+                                       candidate=req.candidate, strategy=req.strategy,
                                        eval_rows=eval_rows, added_by=outcome["reviewer"])
             if frozen:
                 log.info("first deployment of %s: its %d eval items are now the anchor set", dep.workload_id, frozen)
