@@ -54,3 +54,36 @@ def flywheel_db(request, pg_socket):
     store.migrate(conn)
     yield conn
     conn.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A local S3-protocol server (moto's server mode) for this test session: the real s3fs/boto
+    clients talk HTTP to it. Yields its endpoint URL; bucket `flywheel-test` exists."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket="flywheel-test")
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3_artifacts(s3_server, monkeypatch):
+    """FLYWHEEL_ARTIFACTS on the local S3 server, with its credentials in an Airflow connection
+    (what production does: an `aws` connection with an endpoint for S3-compatible stores)."""
+    import json
+    import uuid
+
+    conn = {"conn_type": "aws", "login": "testing", "password": "testing-secret",
+            "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"}}
+    monkeypatch.setenv("AIRFLOW_CONN_FLYWHEEL_ARTIFACTS", json.dumps(conn))
+    monkeypatch.setenv("FLYWHEEL_ARTIFACTS", f"s3://flywheel-test/{uuid.uuid4().hex}")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)  # only the connection may provide credentials
+    return s3_server

@@ -268,6 +268,7 @@ def airflow_env(paths: StackPaths, socket_dir: Path) -> dict[str, str]:
         "FLYWHEEL_ARTIFACTS": os.environ.get("FLYWHEEL_ARTIFACTS", f"file://{paths.artifacts}"),
         "FLYWHEEL_GPU_BACKEND": os.environ.get("FLYWHEEL_GPU_BACKEND", "local"),
         "FLYWHEEL_GPU_SLOTS": str(gpu_slots()),
+        "FLYWHEEL_GPU_LOCK_DIR": str(paths.home / "run" / "gpu-locks"),  # which job holds which GPU
         "FLYWHEEL_TRAINING_PROFILE": os.environ.get("FLYWHEEL_TRAINING_PROFILE", "cpu-demo"),
         # The serving endpoint approved versions are deployed to (flywheel_local.serving_server).
         "FLYWHEEL_SERVING_URL": os.environ.get("FLYWHEEL_SERVING_URL", serving_url()),

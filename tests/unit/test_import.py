@@ -258,10 +258,10 @@ def test_artifact_jsonl_writers_and_readers_agree_on_line_ends(tmp_path):
 
     rows = [{"id": "1", "text": "a\u2028b\u2029c\u0085d\re"}, {"id": "2", "text": "plain"}]
     root = ObjectStoragePath(f"file://{tmp_path}")
-    uri = object_storage.put_jsonl("datasets", rows, root)
+    uri = object_storage.put_jsonl("datasets", rows, root, run_key="r")
     assert object_storage.read_jsonl(uri) == rows
     assert "\u2028" not in ObjectStoragePath(uri).read_text(encoding="utf-8")  # escaped when written
-    with object_storage.JsonlWriter("datasets", root) as out:
+    with object_storage.JsonlWriter("datasets", root, run_key="r") as out:
         for row in rows:
             out.write(row)
     assert out.uri == uri  # the same content, the same address

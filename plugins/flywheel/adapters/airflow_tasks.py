@@ -163,7 +163,7 @@ def curate_workload(plan: dict[str, Any], target: dict[str, Any], cfg: FlywheelC
                 store.execute_many(writer_conn, "insert_quarantine", quarantine)
                 quarantine.clear()
 
-        with object_storage.JsonlWriter("datasets") as writer:
+        with object_storage.JsonlWriter("datasets", run_key=run_key) as writer:
             result = curate_stream(source.scan(workload_id, start, end), source.fetch, settings,
                                    on_rejection=on_rejection, on_row=writer.write, max_bytes=cfg.max_record_bytes,
                                    workers=workers)
@@ -213,8 +213,14 @@ def prepare_experiment(spec_dict: dict[str, Any], cfg: FlywheelConfig | None = N
                                                   "backend": gpu_backend(), "gpus": candidate.gpus})
         from flywheel.adapters.anchors import anchor_rows
 
-        return build_job(spec, cfg, embedder() if spec.strategy == "icl" else None,
-                         anchors=anchor_rows(conn, spec.workload_id))
+        job = build_job(spec, cfg, embedder() if spec.strategy == "icl" else None,
+                        anchors=anchor_rows(conn, spec.workload_id))
+        # An identical job (same model, inputs, hyper-parameters) that an earlier run completed is
+        # copied into this run's folder; the GPU job then finds its outputs complete and skips.
+        job["reused_from"] = object_storage.reuse_output(job["fingerprint"], _output_uri(job))
+        if job["reused_from"]:
+            log.info("%s: outputs of an identical job reused from %s", spec.label, job["reused_from"])
+        return job
     except Exception as exc:
         store.execute(conn, "finish_experiment", {**spec.key, "status": "failed", "gpu_seconds": None,
                                                   "output_uri": None, "metrics": {}, "error": f"prepare: {exc}"})
@@ -242,7 +248,9 @@ def record_job_failure(job: dict[str, Any], error: str) -> None:
 
 
 def _output_uri(job: dict[str, Any]) -> str:
-    return job["outputs"]["predictions"].rsplit("/", 1)[0]
+    from flywheel.adapters.jobs import output_dir
+
+    return output_dir(job)
 
 
 JUDGE_CONN_ID = os.environ.get("FLYWHEEL_JUDGE_CONN_ID", "flywheel_judge")
@@ -283,16 +291,13 @@ def make_scorer(cfg: FlywheelConfig, conn, kind: str):
 
 def evaluate_experiment(job: dict[str, Any], cfg: FlywheelConfig | None = None) -> dict[str, Any]:
     """Score and price the job's predictions; the experiment succeeds only once it is scored."""
-    import json
-    from pathlib import Path
-
     from flywheel.adapters import postgres_eval
-    from flywheel.adapters.jobs import evaluate_job_output
+    from flywheel.adapters.jobs import evaluate_job_output, load_metrics
     from flywheel.experiments import ExperimentSpec
 
     cfg = cfg or load_config()
     spec = ExperimentSpec.from_dict(job["experiment"])
-    metrics = json.loads((Path(job["spec"]["output_dir"]) / "metrics.json").read_text())
+    metrics = load_metrics(_output_uri(job))  # through the store: the job may have run on another machine
     gpus = int(job.get("gpus") or 1)
     seconds = float(metrics.get("train_seconds") or 0) + float(metrics.get("generate_seconds") or 0)
     training = float(metrics.get("train_seconds") or 0) * gpus if spec.strategy == "lora" else None
@@ -320,6 +325,8 @@ def evaluate_experiment(job: dict[str, Any], cfg: FlywheelConfig | None = None) 
         })
     finally:
         conn.close()
+    if job.get("fingerprint"):
+        object_storage.remember_output(job["fingerprint"], _output_uri(job))  # later runs may reuse it
     r = evaluation.result
     log.info("%s: %s (%s) = %s (n=%d of %d, 95%% CI %s-%s; worst slice %s %s; vs gold %s on %d), "
              "%.5f $/1k requests vs production %s, saving/month %s", spec.label, r.method, scorer.label, r.score, r.n,

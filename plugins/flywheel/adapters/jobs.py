@@ -1,8 +1,10 @@
 """From an experiment to its GPU job, and back: the object-storage side of steps 3 and 4.
 
 ``build_job`` reads the curated dataset, picks in-context examples, writes the trainer's inputs as
-content-addressed artifacts and returns the ``GpuJob`` (a small dict for XCom);
-``evaluate_job_output`` reads what the job wrote and hands it to the domain's evaluator.
+content-addressed artifacts of the run and returns the ``GpuJob`` (a small dict for XCom) whose
+spec names every input and output by URI (``file://`` or ``s3://``: the trainer reads and writes
+the store itself); ``evaluate_job_output`` reads what the job wrote, through the same store, and
+hands it to the domain's evaluator.
 """
 
 from __future__ import annotations
@@ -24,14 +26,6 @@ from flywheel.gpu_job import GpuJob
 
 def _split(rows: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [r for r in rows if r["split"] == name]
-
-
-def _file_ref(uri: str) -> str:
-    """What the trainer receives: a local path for file:// artifacts, the URI otherwise."""
-    try:
-        return str(artifacts.local_path(uri))
-    except ValueError:
-        return uri
 
 
 def build_eval_prompts(spec: ExperimentSpec, rows: list[dict[str, Any]], cfg: FlywheelConfig, candidate: Candidate,
@@ -72,7 +66,7 @@ def build_job(spec: ExperimentSpec, cfg: FlywheelConfig, embedder=None,
     prompts = build_eval_prompts(spec, rows, cfg, candidate, embedder)
     inputs = {
         "eval": artifacts.put_jsonl(
-            "trainer-inputs", [{"id": r["id"], "prompt": p} for r, p in zip(eval_rows, prompts)]
+            "inputs", [{"id": r["id"], "prompt": p} for r, p in zip(eval_rows, prompts)], run_key=spec.run_key
         )
     }
     lora: LoraParams | None = None
@@ -80,8 +74,9 @@ def build_job(spec: ExperimentSpec, cfg: FlywheelConfig, embedder=None,
         lora = cfg.lora_for_profile(spec.training_profile)
         for split in ("train", "val"):
             inputs[split] = artifacts.put_jsonl(
-                "trainer-inputs",
+                "inputs",
                 [{"prompt": r["prompt"], "completion": r["completion"]} for r in _split(rows, split)],
+                run_key=spec.run_key,
             )
     fingerprint = {
         "version": TRAINER_SPEC_VERSION,
@@ -94,15 +89,17 @@ def build_job(spec: ExperimentSpec, cfg: FlywheelConfig, embedder=None,
         "seed": cfg.seed,
     }
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
-    output_uri = str(artifacts.artifact_root() / "experiments" / digest)
+    # This run's own folder (never shared with an overlapping run); an identical earlier job is
+    # reused by copying its outputs here (flywheel.adapters.object_storage.reuse_output).
+    output_uri = artifacts.experiment_uri(spec.run_key, f"{spec.workload_id}|{spec.candidate}|{spec.strategy}")
     trainer_spec = {
         "job_name": spec.label,
         "strategy": spec.strategy,
         "model_path": candidate.model_path,
-        "train_file": _file_ref(inputs["train"]) if "train" in inputs else None,
-        "val_file": _file_ref(inputs["val"]) if "val" in inputs else None,
-        "eval_file": _file_ref(inputs["eval"]),
-        "output_dir": _file_ref(output_uri),
+        "train_file": inputs.get("train"),
+        "val_file": inputs.get("val"),
+        "eval_file": inputs["eval"],
+        "output_dir": output_uri,
         "lora": {**asdict(lora), "target_modules": "all-linear"} if lora else None,
         "generation": {"max_new_tokens": cfg.max_new_tokens},
         "max_seq_len": cfg.max_seq_len,
@@ -124,7 +121,7 @@ def build_job(spec: ExperimentSpec, cfg: FlywheelConfig, embedder=None,
         },
         spec=trainer_spec,
     )
-    return {"experiment": spec.to_dict(), **job.to_dict()}
+    return {"experiment": spec.to_dict(), "fingerprint": digest, **job.to_dict()}
 
 
 def _model_fingerprint(model_path: str) -> str:
@@ -135,14 +132,24 @@ def _model_fingerprint(model_path: str) -> str:
     return model_path
 
 
-def load_predictions(output_dir: str | Path) -> dict[str, Prediction]:
-    """The trainer's predictions.jsonl by item id (token counts kept when the generator wrote them)."""
+def output_dir(job: dict[str, Any]) -> str:
+    """The URI of the folder the job writes (predictions, metrics, adapter)."""
+    return job["outputs"]["predictions"].rsplit("/", 1)[0]
+
+
+def load_metrics(output: str) -> dict[str, Any]:
+    return artifacts.read_json(f"{output}/{artifacts.METRICS}")
+
+
+def load_predictions(output: str | Path) -> dict[str, Prediction]:
+    """The trainer's predictions.jsonl by item id (token counts kept when the generator wrote them),
+    read through the store from the job's output folder (a URI; a local Path is a file:// one)."""
     from flywheel.records import read_jsonl_text
 
-    path = Path(output_dir) / "predictions.jsonl"
+    uri = f"file://{Path(output).resolve()}" if isinstance(output, Path) else output
     preds = {}
     # Split on "\n" only (a generated U+2028 must not cut a prediction in two).
-    for row in read_jsonl_text(path.read_bytes()):
+    for row in read_jsonl_text(artifacts.read_bytes(f"{uri}/{artifacts.PREDICTIONS}")):
         preds[str(row["id"])] = Prediction(
             id=str(row["id"]), output=str(row.get("output") or ""),
             prompt_tokens=_count(row.get("prompt_tokens")), completion_tokens=_count(row.get("completion_tokens")),
@@ -172,7 +179,7 @@ def evaluate_job_output(spec: ExperimentSpec, job: dict[str, Any], cfg: Flywheel
         traffic = workload_traffic(spec.workload_id, (r.get("response") for r in rows), requests_in_window=window[0],
                                    window_days=window[1], prices=cfg.production_prices)
     eval_prompts = {str(r["id"]): r["prompt"] for r in artifacts.read_jsonl(job["inputs"]["eval"])}
-    predictions = load_predictions(job["spec"]["output_dir"])
+    predictions = load_predictions(output_dir(job))
     counter = None
 
     def count_tokens(text: str) -> int:
