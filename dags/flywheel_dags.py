@@ -50,10 +50,6 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
-def _record_gpu_failure(context) -> None:
-    tasks.record_job_failure(context["task"].job, str(context.get("exception") or "unknown error"))
-
-
 def _review_trigger(request: dict) -> dict:
     # One review run per request, its id derived from the request: a retried trigger is skipped.
     return {"trigger_run_id": request["review_run_id"], "conf": {"request": request}}
@@ -92,12 +88,15 @@ def build_flywheel_dag(profile: DagProfile, cfg: FlywheelConfig):
         def discover_workloads(plan: dict) -> list[dict]:
             return tasks.discover_workloads(plan)
 
-        @task(map_index_template="{{ workload_label }}")
+        # A workload whose curation fails for good is recorded as such; the others go on.
+        @task(map_index_template="{{ workload_label }}", on_failure_callback=tasks.on_curation_failure)
         def curate_workload(plan: dict, target: dict) -> dict:
             get_current_context()["workload_label"] = target["workload_id"]
             return tasks.curate_workload(plan, target)
 
-        @task
+        # all_done: plans the experiments of every workload that was curated, whatever happened to
+        # the others (a failed curation's dataset is simply absent).
+        @task(trigger_rule=TriggerRule.ALL_DONE)
         def plan_experiments(plan: dict, datasets: list[dict], candidate: str) -> list[dict]:
             from flywheel.experiments import plan_experiments as plan_for
 
@@ -113,7 +112,7 @@ def build_flywheel_dag(profile: DagProfile, cfg: FlywheelConfig):
             get_current_context()["experiment_label"] = ExperimentSpec.from_dict(spec).label
             return tasks.prepare_experiment(spec)
 
-        @task(map_index_template="{{ experiment_label }}")
+        @task(map_index_template="{{ experiment_label }}", on_failure_callback=tasks.on_evaluation_failure)
         def evaluate_experiment(job: dict) -> dict:
             get_current_context()["experiment_label"] = job["name"]
             return tasks.evaluate_experiment(job)
@@ -140,7 +139,8 @@ def build_flywheel_dag(profile: DagProfile, cfg: FlywheelConfig):
                         pool=GPU_POOL,
                         pool_slots=gpus,  # a pool slot is a GPU
                         map_index_template="{{ job_label }}",
-                        on_failure_callback=_record_gpu_failure,
+                        on_execute_callback=tasks.on_job_start,  # the experiment is `running`
+                        on_failure_callback=tasks.on_job_failure,  # only this experiment fails
                     )
                     run >> evaluate_experiment(job)
 

@@ -445,3 +445,25 @@ FROM review_attempts ORDER BY id;
 SELECT decision, reviewer, comment, decided_at FROM reviews
 WHERE run_key = %(run_key)s AND workload_id = %(workload_id)s AND candidate = %(candidate)s
   AND strategy = %(strategy)s;
+
+-- ---------------------------------------------------------------- failure isolation (issue 7)
+
+-- name: record_curation_error
+-- error NULL clears it (a retry that succeeded).
+UPDATE workloads SET curation_error = %(error)s
+WHERE run_key = %(run_key)s AND workload_id = %(workload_id)s;
+
+-- name: start_experiment
+UPDATE experiments SET status = 'running', started_at = now(), error = NULL, updated_at = now()
+WHERE run_key = %(run_key)s AND workload_id = %(workload_id)s AND candidate = %(candidate)s
+  AND strategy = %(strategy)s AND status <> 'succeeded';
+
+-- name: run_failures
+-- What failed in a run, with the reason: curations (stage curate) and experiments (prepare, GPU
+-- job or evaluation; the stage is the prefix of the error).
+SELECT workload_id, NULL AS candidate, NULL AS strategy, 'curate' AS stage, curation_error AS error
+FROM workloads WHERE run_key = %(run_key)s AND curation_error IS NOT NULL
+UNION ALL
+SELECT workload_id, candidate, strategy, split_part(error, ':', 1) AS stage, error
+FROM experiments WHERE run_key = %(run_key)s AND status = 'failed'
+ORDER BY workload_id, candidate NULLS FIRST, strategy;

@@ -197,3 +197,14 @@ def review_request(winner: dict[str, Any], run_key: str, cfg: FlywheelConfig, th
     lines += ["", f"Run `{run_key}`. Approve to record a new deployment version (nothing is overwritten). "
                   f"Scorer: {describe(w['method'])}."]
     return {"subject": subject, "body": "\n".join(lines)}
+
+
+def render_failures(failures: list[dict[str, Any]]) -> str:
+    """What failed in a run and why (curations and experiments; query run_failures): each failure
+    stays its own, the rest of the run went on."""
+    lines = [f"Failed ({len(failures)}; the rest of the run went on without them):"]
+    for f in failures:
+        what = " · ".join(str(x) for x in (f["workload_id"], f.get("candidate"), f.get("strategy")) if x)
+        error = " ".join(str(f.get("error") or "unknown error").split())
+        lines.append(f"  {what}: {error[:300]}")
+    return "\n".join(lines)

@@ -59,6 +59,16 @@ class AirflowAPI:
             params["conf_contains"] = conf_contains
         return self._call("GET", "dags", dag_id, "dagRuns", params=params)["dag_runs"]
 
+    def create_backfill(self, body: dict[str, Any]) -> dict:
+        """POST /api/v2/backfills: what the UI's backfill form sends."""
+        return self._call("POST", "backfills", json=body)
+
+    def backfills(self, dag_id: str) -> list[dict]:
+        return self._call("GET", "backfills", params={"dag_id": dag_id, "limit": 100})["backfills"]
+
+    def pool(self, name: str) -> dict:
+        return self._call("GET", "pools", name)
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         out: list[dict] = []
         while True:

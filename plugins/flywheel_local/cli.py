@@ -306,7 +306,7 @@ def wait_for_run_end(api, dag_id: str, run_id: str, *, timeout: float = 300, int
 
 
 def print_leaderboard(socket_dir: Path, run_key: str | None = None) -> str | None:
-    from flywheel.report import render_leaderboard
+    from flywheel.report import render_failures, render_leaderboard
 
     conn = stack.connect_flywheel(socket_dir)
     try:
@@ -319,6 +319,7 @@ def print_leaderboard(socket_dir: Path, run_key: str | None = None) -> str | Non
         rows = store.fetch_all(conn, "leaderboard", {"run_key": run_key})
         params = store.fetch_all(conn, "run_params", {"run_key": run_key})
         verdicts = store.fetch_all(conn, "guard_verdicts_of_run", {"run_key": run_key})
+        failures = store.fetch_all(conn, "run_failures", {"run_key": run_key})
     finally:
         conn.close()
     cfg = load_config()
@@ -329,6 +330,8 @@ def print_leaderboard(socket_dir: Path, run_key: str | None = None) -> str | Non
     for v in verdicts:
         print(f"regression guard: {v['workload_id']} · {v['candidate']} · {v['strategy']} "
               f"{'passes' if v['passed'] else 'BLOCKED (not sent to review)'}: {v['reason']}", flush=True)
+    if failures:
+        print("\n" + render_failures(failures), flush=True)
     return run_key
 
 

@@ -83,6 +83,15 @@ def test_task_shape(dagbag, dag_id):
     # The order of the six steps.
     assert "discover_workloads" in dag.get_task("curate_workload").upstream_task_ids
     assert "publish_leaderboard" in dag.get_task("request_review").upstream_task_ids
+    # Failure isolation: a failed curation or experiment is recorded as its own and the rest goes on.
+    assert dag.get_task("curate_workload").on_failure_callback
+    for t in _task(dag, ".plan"):
+        assert t.trigger_rule == "all_done"
+    for t in _task(dag, ".experiment.gpu_job"):
+        assert t.on_execute_callback and t.on_failure_callback
+    for t in _task(dag, ".experiment.evaluate_experiment"):
+        assert t.on_failure_callback
+    assert dag.get_task("publish_leaderboard").trigger_rule == "all_done"
     for t in _task(dag, ".experiment.evaluate_experiment"):
         assert any(u.endswith(".experiment.gpu_job") for u in t.upstream_task_ids)
 

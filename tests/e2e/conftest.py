@@ -24,6 +24,7 @@ from flywheel_local.rule_judge import MODEL_ID as JUDGE_MODEL
 from flywheel_local.rule_judge import RuleJudgeServer
 
 CANDIDATE = "tiny-lm-1.6m"
+SMALL = "tiny-lm-0.6m"  # the smallest student: runs that only check scheduling use it
 BROKEN = "broken-lm"  # a candidate whose weights do not exist: every job of it must fail alone
 
 
@@ -62,6 +63,10 @@ def e2e_stack(tmp_path_factory):
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
     raw["candidates"][BROKEN] = {**raw["candidates"][CANDIDATE], "model_path": str(home / "no-such-model"),
                                  "build": {}}
+    # The scheduled DAGs run when a test unpauses them (backfills need that): the smallest student,
+    # zero-shot only, few eval items, so a scheduled run costs seconds, not a LoRA sweep.
+    for dag_id in ("flywheel_daily", "flywheel_weekly"):
+        raw["dags"][dag_id].update(candidates=[SMALL], strategies=["base"], eval_size=5)
     config = home / "flywheel.yaml"
     config.write_text(yaml.safe_dump(raw))
     # The judge: a real OpenAI-compatible HTTP server (rule-based grading, flywheel_local.rule_judge)

@@ -186,6 +186,7 @@ def curate_workload(plan: dict[str, Any], target: dict[str, Any], cfg: FlywheelC
             "warnings": result.warnings,
         }
         store.execute(conn, "upsert_dataset", dataset)
+        store.execute(conn, "record_curation_error", {"run_key": run_key, "workload_id": workload_id, "error": None})
     finally:
         conn.close()
         writer_conn.close()
@@ -233,16 +234,91 @@ def gpu_backend() -> str:
     return os.environ.get("FLYWHEEL_GPU_BACKEND", "local")
 
 
-def record_job_failure(job: dict[str, Any], error: str) -> None:
-    """The GPU job failed (any backend): mark only this experiment failed, with the error."""
-    experiment = job["experiment"]
+def _experiment_key(job: dict[str, Any]) -> dict[str, str]:
+    return {k: job["experiment"][k] for k in ("run_key", "workload_id", "candidate", "strategy")}
+
+
+def record_curation_failure(run_key: str, workload_id: str, error: str) -> None:
+    """One workload's curation failed for good: record why; the other workloads go on."""
+    conn = get_conn()
+    try:
+        store.execute(conn, "record_curation_error",
+                      {"run_key": run_key, "workload_id": workload_id, "error": f"curate: {error}"[:2000]})
+    finally:
+        conn.close()
+
+
+def record_job_started(job: dict[str, Any]) -> None:
+    """The experiment's GPU job starts (each try): the experiment is `running`."""
+    conn = get_conn()
+    try:
+        store.execute(conn, "start_experiment", _experiment_key(job))
+    finally:
+        conn.close()
+
+
+def record_job_failure(job: dict[str, Any], error: str, stage: str = "gpu_job") -> None:
+    """The experiment's GPU job (any backend) or its evaluation failed for good: mark only this
+    experiment failed, with the stage and the error."""
     conn = get_conn()
     try:
         store.execute(conn, "finish_experiment", {
-            **{k: experiment[k] for k in ("run_key", "workload_id", "candidate", "strategy")},
-            "status": "failed", "gpu_seconds": None, "output_uri": _output_uri(job), "metrics": {},
-            "error": error[:2000],
+            **_experiment_key(job), "status": "failed", "gpu_seconds": None, "output_uri": _output_uri(job),
+            "metrics": {}, "error": f"{stage}: {error}"[:2000],
         })
+    finally:
+        conn.close()
+
+
+# --- task callbacks: the failure of one workload or experiment is recorded as its own -------------
+# They run in the task's process, or in Airflow's own processes when the task process died (killed,
+# out of memory): the mapped argument is then read back from the upstream task's XCom.
+
+def _error(context) -> str:
+    exc = context.get("exception")
+    return f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc or "unknown error")
+
+
+def _mapped_arg(context, name: str, upstream: str) -> Any:
+    task, ti = context["task"], context["ti"]
+    value = getattr(task, name, None)
+    if not isinstance(value, dict):
+        value = (getattr(task, "op_kwargs", None) or {}).get(name)
+    if isinstance(value, dict):
+        return value
+    return ti.xcom_pull(task_ids=upstream, map_indexes=ti.map_index)
+
+
+def _job_of(context) -> dict[str, Any]:
+    group = context["task"].task_id.rsplit(".", 1)[0]
+    return _mapped_arg(context, "job", f"{group}.prepare_experiment")
+
+
+def on_curation_failure(context) -> None:
+    ti = context["ti"]
+    plan = _mapped_arg(context, "plan", "register_run")
+    target = (getattr(context["task"], "op_kwargs", None) or {}).get("target")
+    if not isinstance(target, dict):
+        target = (ti.xcom_pull(task_ids="discover_workloads") or [])[ti.map_index]
+    record_curation_failure(plan["run_key"], target["workload_id"], _error(context))
+
+
+def on_job_start(context) -> None:
+    record_job_started(_job_of(context))
+
+
+def on_job_failure(context) -> None:
+    record_job_failure(_job_of(context), _error(context), stage="gpu_job")
+
+
+def on_evaluation_failure(context) -> None:
+    record_job_failure(_job_of(context), _error(context), stage="evaluate")
+
+
+def run_failures(run_key: str) -> list[dict[str, Any]]:
+    conn = get_conn()
+    try:
+        return store.fetch_all(conn, "run_failures", {"run_key": run_key})
     finally:
         conn.close()
 
@@ -355,7 +431,7 @@ def publish_leaderboard(plan: dict[str, Any], cfg: FlywheelConfig | None = None)
     """
     from flywheel.adapters.review_evidence import review_evidence
     from flywheel.deploy import reviewable
-    from flywheel.report import gate, render_leaderboard, review_request
+    from flywheel.report import gate, render_failures, render_leaderboard, review_request
     from flywheel.review import ReviewRequest
 
     cfg = cfg or load_config()
@@ -363,6 +439,9 @@ def publish_leaderboard(plan: dict[str, Any], cfg: FlywheelConfig | None = None)
     floor = plan.get("slice_floor")
     log.info("\n%s", render_leaderboard(rows, cfg, run_key=plan["run_key"], threshold=plan["threshold"],
                                         slice_floor=floor))
+    failures = run_failures(plan["run_key"])
+    if failures:
+        log.warning("\n%s", render_failures(failures))
     rows = guard_rows(plan, rows, cfg)
     candidates = reviewable(rows, lambda r: gate(r, cfg, plan["threshold"], floor) is None)
     if not candidates:
