@@ -23,7 +23,7 @@ from flywheel.adapters import airflow_tasks as tasks
 from flywheel.config import STRATEGIES, DagProfile, FlywheelConfig, load_config
 from flywheel.deploy import REJECT, REVIEW_OPTIONS
 from flywheel.review import REVIEW_DAG_ID
-from flywheel_operators import GPU_POOL, gpu_job_operator_class
+from flywheel_operators import GPU_POOL, gpu_job_kwargs, gpu_job_operator_class
 
 def _params(cfg: FlywheelConfig, profile: DagProfile, candidates: list[str]) -> dict[str, Param]:
     return {
@@ -64,6 +64,7 @@ def build_flywheel_dag(profile: DagProfile, cfg: FlywheelConfig):
     # The on-demand form may pick any configured candidate; scheduled runs build their own set.
     candidates = list(cfg.candidates) if profile.schedule is None else list(profile.candidates)
     gpu_operator = gpu_job_operator_class(tasks.gpu_backend())
+    gpu_kwargs = gpu_job_kwargs(tasks.gpu_backend(), cfg.kubernetes)
 
     @dag(
         dag_id=profile.dag_id,
@@ -74,7 +75,10 @@ def build_flywheel_dag(profile: DagProfile, cfg: FlywheelConfig):
         max_active_runs=4,  # runs proceed at once; GPU work is bounded by the pool, not by a queue
         params=_params(cfg, profile, candidates),
         tags=["flywheel"],
-        default_args={"retries": 1, "retry_delay": timedelta(seconds=20)},
+        # absolute: a task's weight is its DAG's (on demand > daily > weekly), so the pool hands free
+        # GPU slots to an on-demand run's jobs first.
+        default_args={"retries": 1, "retry_delay": timedelta(seconds=20),
+                      "priority_weight": profile.priority_weight, "weight_rule": "absolute"},
         doc_md=__doc__,
     )
     def flywheel():
@@ -141,6 +145,7 @@ def build_flywheel_dag(profile: DagProfile, cfg: FlywheelConfig):
                         map_index_template="{{ job_label }}",
                         on_execute_callback=tasks.on_job_start,  # the experiment is `running`
                         on_failure_callback=tasks.on_job_failure,  # only this experiment fails
+                        **gpu_kwargs,  # backend settings, retries, time limit
                     )
                     run >> evaluate_experiment(job)
 

@@ -116,6 +116,9 @@ class DagProfile:
     candidates: tuple[str, ...]
     strategies: tuple[str, ...]
     eval_size: int
+    # Who waits less for a GPU: the pool hands free slots to the highest weight first
+    # (on demand > daily > weekly by default).
+    priority_weight: int = 1
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,8 @@ class FlywheelConfig:
     guard: GuardBudgets = field(default_factory=GuardBudgets)
     reviewers: tuple[Reviewer, ...] = ()
     review_timeout_hours: float = 72.0
+    # The Kubernetes GPU backend's settings (validated by flywheel_operators.kubernetes.KubernetesSettings).
+    kubernetes: dict = field(default_factory=dict)
 
     @property
     def production_prices(self) -> Prices:
@@ -264,6 +269,7 @@ def parse_config(raw: dict) -> FlywheelConfig:
                 candidates=tuple(d["candidates"]),
                 strategies=tuple(d["strategies"]),
                 eval_size=int(d.get("eval_size", raw["curation"]["eval_size"])),
+                priority_weight=int(d.get("priority_weight", 1)),
             )
             for dag_id, d in raw["dags"].items()
         }
@@ -308,6 +314,7 @@ def parse_config(raw: dict) -> FlywheelConfig:
             guard=GuardBudgets(**(raw.get("regression_guard") or {})),
             reviewers=_reviewers((raw.get("review") or {}).get("reviewers") or []),
             review_timeout_hours=float((raw.get("review") or {}).get("timeout_hours", 72)),
+            kubernetes=dict(raw.get("kubernetes") or {}),
         )
     except KeyError as exc:
         raise ConfigError(f"flywheel config is missing the key {exc}") from exc

@@ -49,7 +49,19 @@ def dns1123_name(raw: str, max_len: int = _DNS1123_MAX) -> str:
     return f"{base}-{digest}"
 
 
+_VALID_LABEL = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
 def label_value(raw: str) -> str:
-    """A valid Kubernetes label value (<= 63 chars, alphanumeric at both ends)."""
-    value = _LABEL_VALUE.sub("_", raw)[:_DNS1123_MAX].strip("_.-")
-    return value or "none"
+    """A valid Kubernetes label value (<= 63 chars, alphanumeric at both ends) for any string.
+
+    A value that is valid already is kept as it is (the grid and `kubectl -l` read naturally);
+    anything else becomes a readable prefix plus a hash of the original, so two different ids
+    never share a label. The original goes into an annotation beside it (see the Kubernetes
+    backend), so a hashed label is traceable back to its workload id.
+    """
+    if raw and len(raw) <= _DNS1123_MAX and _VALID_LABEL.match(raw):
+        return raw
+    digest = hashlib.sha256(raw.encode()).hexdigest()[:10]
+    prefix = _LABEL_VALUE.sub("_", raw)[: _DNS1123_MAX - len(digest) - 1].strip("_.-")
+    return f"{prefix}-{digest}" if prefix else f"h-{digest}"

@@ -122,3 +122,27 @@ def test_no_cycles(dagbag):
     for dag in dagbag.dags.values():
         # topological_sort raises on a cycle
         assert len(dag.topological_sort()) == len(dag.tasks)
+
+
+def test_on_demand_gpu_jobs_go_first_then_daily_then_weekly(dagbag):
+    weight = {}
+    for dag_id in DAG_IDS:
+        jobs = _task(dagbag.dags[dag_id], ".experiment.gpu_job")
+        assert all(t.weight_rule == "absolute" for t in jobs)
+        weight[dag_id] = {t.priority_weight for t in jobs}.pop()
+    assert weight["flywheel_on_demand"] > weight["flywheel_daily"] > weight["flywheel_weekly"]
+
+
+def test_the_kubernetes_backend_builds_the_same_dags(monkeypatch):
+    from flywheel_operators.kubernetes import KubernetesGpuJobOperator
+
+    monkeypatch.setenv("FLYWHEEL_GPU_BACKEND", "kubernetes")
+    bag = DagBag(str(DAGS_DIR))
+    assert bag.import_errors == {} and set(bag.dag_ids) == DAG_IDS | {REVIEW_DAG}
+    cfg = load_config()
+    for dag_id in DAG_IDS:
+        for t in _task(bag.dags[dag_id], ".experiment.gpu_job"):
+            assert isinstance(t, KubernetesGpuJobOperator) and t.pool == GPU_POOL
+            assert t.namespace == cfg.kubernetes["namespace"] and t.retry_exponential_backoff
+            assert t.retries == cfg.kubernetes["retries"] and t.execution_timeout.total_seconds() > 0
+            assert t.on_execute_callback and t.on_failure_callback and t.map_index_template

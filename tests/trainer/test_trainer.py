@@ -78,13 +78,17 @@ def test_lora_learns_routing_that_the_base_model_cannot(tmp_path, tiny_model, ro
 
 
 def test_spec_json_argument_runs_like_a_spec_file(tmp_path, tiny_model, routing_task):
-    """The Kubernetes backend passes the spec as one argument (no shell, no file)."""
+    """The Kubernetes backend passes the spec as one argument (no shell, no file) and reads the
+    pod's result from the file the XCom sidecar serves."""
     spec = _spec(tmp_path, tiny_model, routing_task, "icl", "icl-inline")
-    proc = run_cli("run", "--spec-json", json.dumps(spec | {"added_in_a_later_version": 1}), timeout=300)
+    result = tmp_path / "airflow" / "xcom" / "return.json"
+    proc = run_cli("run", "--spec-json", json.dumps(spec | {"added_in_a_later_version": 1}),
+                   "--result-file", str(result), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ignoring unknown spec field(s) ['added_in_a_later_version']" in proc.stdout
     lines = (tmp_path / "icl-inline" / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == len(routing_task["gold"])
+    assert json.loads(result.read_text()) == json.loads((tmp_path / "icl-inline" / "metrics.json").read_text())
 
 
 @pytest.mark.parametrize(("change", "message"), [

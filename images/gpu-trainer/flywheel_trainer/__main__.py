@@ -4,6 +4,7 @@
       build a tiny Llama student locally (BPE tokenizer + pre-training on a generic corpus)
   python -m flywheel_trainer run --spec spec.json       (local backend: a file)
   python -m flywheel_trainer run --spec-json '{...}'    (Kubernetes pod: one argument, no shell)
+      [--result-file /airflow/xcom/return.json]         (the pod's result, read back by Airflow)
       one experiment: base / icl (generate only) or lora (fine-tune an adapter, then generate)
 
 Exit status: 0 done, 2 invalid arguments / spec / input file (one line on stderr says which field
@@ -45,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--spec", type=Path, help="path of the job spec JSON")
     g.add_argument("--spec-json", help="the job spec as a JSON string")
+    p.add_argument("--result-file", type=Path,
+                   help="also write the job's metrics (JSON) here, e.g. /airflow/xcom/return.json in a "
+                        "Kubernetes pod, where Airflow reads a pod's result")
     return parser
 
 
@@ -71,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SpecError(f"cannot read the job spec from {source}: {exc}") from exc
         from flywheel_trainer.job import run_job
 
-        run_job(parse_spec(raw))
+        metrics = run_job(parse_spec(raw))
+        if args.result_file:
+            args.result_file.parent.mkdir(parents=True, exist_ok=True)
+            args.result_file.write_text(json.dumps(metrics, sort_keys=True), encoding="utf-8")
         return 0
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
