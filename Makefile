@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: demo test install constraints models bench bench-curation stop status approve reject leaderboard clean import
+.PHONY: demo test install constraints models bench bench-curation bench-parallel stop status approve reject leaderboard clean import
 
 demo: install ## set up everything, run the flywheel on demo logs, print the leaderboard
 	$(PY) -m flywheel_local.cli demo
@@ -66,6 +66,9 @@ bench: install ## benchmarks (ratios measured side by side in one run)
 bench-curation: install ## 100k and 1M records through curation vs the read+parse floor (~20 min)
 	$(PY) bench/bench_curation.py --sizes 100000 1000000
 	$(PY) bench/bench_pii.py --records 3000 --seed 99
+
+bench-parallel: install ## 3 runs at once vs one at a time on a real scheduler, 1,000 mapped tasks (~30 min)
+	$(PY) bench/parallel/run.py
 
 leaderboard:
 	$(PY) -m flywheel_local.cli leaderboard

@@ -101,12 +101,15 @@ class LocalGpuJobOperator(BaseOperator):
         *,
         job: dict[str, Any],
         python: str | None = None,
+        entrypoint: Sequence[str] = ("-m", "flywheel_trainer"),
         kill_grace_seconds: float = 10.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.job = job
         self.python = python or sys.executable
+        # What the interpreter runs: the trainer; bench/parallel puts a job of known duration here.
+        self.entrypoint = list(entrypoint)
         self.kill_grace_seconds = kill_grace_seconds
         self._proc: subprocess.Popen | None = None
 
@@ -126,7 +129,7 @@ class LocalGpuJobOperator(BaseOperator):
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
             json.dump(job.spec, fh)
             spec_path = fh.name
-        cmd = [self.python, "-m", "flywheel_trainer", *job.args, "--spec", spec_path]
+        cmd = [self.python, *self.entrypoint, *job.args, "--spec", spec_path]
         try:
             with claim_gpus(job.gpus, log=self.log) as gpus:
                 extra = {**object_storage.trainer_env()}
