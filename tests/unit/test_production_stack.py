@@ -68,6 +68,7 @@ def test_one_airflow_image_built_once_and_nothing_installed_at_start(compose):
     image = services["airflow-init"]["image"]
     for name in (*AIRFLOW_SERVICES, "model-server"):
         assert services[name]["image"] == image
+        assert "serving-adapters:/opt/flywheel/serving-adapters" in services[name]["volumes"]
         assert name == "airflow-init" or services[name]["pull_policy"] == "never"
     for name, service in services.items():
         command = " ".join(map(str, (service.get("entrypoint") or []) + (service.get("command") or [])))
@@ -88,7 +89,7 @@ def test_ports_are_bound_to_localhost_and_airflow_waits_for_its_init(compose):
     for name in ("postgres", "minio", "elasticsearch", "model-server", "scheduler", "api-server"):
         assert name in services
     env = services["scheduler"]["environment"]
-    assert env["FLYWHEEL_ARTIFACTS"].startswith("s3://") and env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert ":-s3://" in env["FLYWHEEL_ARTIFACTS"] and env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
 
 
 def _airflow_init():
@@ -141,7 +142,7 @@ CHART_KEYS = {"airflowVersion", "defaultAirflowRepository", "defaultAirflowTag",
               "allowPodLaunching", "postgresql", "redis", "pgbouncer", "data", "fernetKeySecretName",
               "apiSecretKeySecretName", "jwtSecretName", "env", "secret", "extraEnvFrom", "migrateDatabaseJob",
               "createUserJob", "dagProcessor", "scheduler", "apiServer", "triggerer", "workers", "config", "dags",
-              "logs"}
+              "logs", "volumes", "volumeMounts"}
 
 
 @pytest.fixture(scope="module")
