@@ -30,8 +30,8 @@ class ReviewRequest(BaseModel):
     ci_low: float | None = None
     ci_high: float | None = None
     n: int = Field(ge=0)
-    method: str
-    cost_per_1k: float = Field(ge=0.0)
+    method: str | None = None
+    cost_per_1k: float | None = Field(default=None, ge=0.0)
     output_uri: str | None = None              # where the job's outputs (and a LoRA adapter) are
     threshold: float = Field(ge=0.0, le=1.0)
     slice_floor: float | None = None
