@@ -38,7 +38,11 @@ def _page_frame(page, base_url: str):
     for _ in range(120):
         frame = next((f for f in page.frames if "/flywheel/" in f.url), None)
         if frame is not None:
-            frame.wait_for_selector("#pending-reviews", timeout=60_000)
+            try:
+                frame.wait_for_selector("#pending-reviews", timeout=60_000)
+            except Exception as exc:  # say what the frame showed instead
+                raise AssertionError(f"no #pending-reviews in the frame at {frame.url}: "
+                                     f"{frame.content()[:2000]}") from exc
             return frame
         page.wait_for_timeout(500)
     raise AssertionError(f"no frame of the flywheel page in {[f.url for f in page.frames]}")
