@@ -147,10 +147,7 @@ class JudgeClient:
         structured = self.structured
         try:
             try:
-                if structured:
-                    response = await client.chat.completions.create(**kwargs, response_format=RESPONSE_FORMAT)
-                else:
-                    response = await client.chat.completions.create(**kwargs)
+                response = await _post(client, {**kwargs, "response_format": RESPONSE_FORMAT} if structured else kwargs)
             except openai.BadRequestError as exc:
                 if not structured:
                     raise
@@ -158,33 +155,53 @@ class JudgeClient:
                 log.info("judge endpoint refused response_format (%s); asking for JSON in the prompt only",
                          str(exc)[:200])
                 self.structured = False
-                response = await client.chat.completions.create(**kwargs)
+                response = await _post(client, kwargs)
         except openai.APIStatusError as exc:
             return CallResult(error=f"HTTP {exc.status_code}: {str(exc)[:300]}")
         except openai.APITimeoutError:
             return CallResult(error=f"timed out after {self.settings.timeout_s:g}s and {self.settings.max_retries} retries")
         except openai.APIConnectionError as exc:
             return CallResult(error=f"connection failed: {str(exc)[:300]}")
-        except json.JSONDecodeError as exc:
-            # Said to be JSON but is not (an empty body, a truncated one): the text is the reply.
-            return CallResult(text=exc.doc)
         except Exception as exc:  # anything else the endpoint can provoke must not end the evaluation
             return CallResult(error=f"{exc.__class__.__name__}: {str(exc)[:300]}")
         return _result(response)
 
 
+async def _post(client, body: dict[str, Any]):
+    """POST /chat/completions through the SDK's own request path (its timeout, retries with backoff,
+    status errors), the body sent as built and the reply handed back as the raw HTTP response:
+    the SDK's recursive transform of the parameters and its typed parsing of the reply cost more
+    CPU per call than the call's own work at high concurrency (docs/benchmarks.md, judge)."""
+    import httpx
+
+    return await client.post("/chat/completions", body=body, cast_to=httpx.Response)
+
+
 def _result(response: Any) -> CallResult:
-    """The reply text and token usage of a chat completion; a body that is not one (the SDK hands
-    back the raw text of a non-JSON response, e.g. an HTML error page) is returned as the text."""
-    if isinstance(response, str):
-        return CallResult(text=response)
-    choices = getattr(response, "choices", None) or []
-    if not choices:
+    """The reply text and token usage of a chat completion; a body that is not one (an HTML error
+    page sent with status 200, an empty or truncated body) is returned as the text, for the judge's
+    parser to count with its reason."""
+    try:
+        data = json.loads(response.content)
+    except ValueError:  # not JSON (or not UTF-8): the text is the reply
+        return CallResult(text=response.text)
+    if not isinstance(data, dict):
+        return CallResult(text=response.text)
+    choices = data.get("choices") or []
+    first = choices[0] if isinstance(choices, list) and choices else None
+    message = first.get("message") if isinstance(first, dict) else None
+    if not isinstance(message, dict):
         return CallResult(text="")
-    message = choices[0].message
-    text = message.content
-    if text is None and getattr(message, "refusal", None):
-        text = f"I cannot grade this: {message.refusal}"
-    usage = getattr(response, "usage", None)
-    return CallResult(text=text or "", prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-                      completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0))
+    text = message.get("content")
+    if not isinstance(text, str):
+        text = f"I cannot grade this: {message['refusal']}" if message.get("refusal") else ""
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    return CallResult(text=text, prompt_tokens=_int(usage.get("prompt_tokens")),
+                      completion_tokens=_int(usage.get("completion_tokens")))
+
+
+def _int(value: Any) -> int:
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
