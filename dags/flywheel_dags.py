@@ -60,6 +60,17 @@ def _review_trigger(request: dict) -> dict:
 REVIEW_MAX_ACTIVE_RUNS = 256
 
 
+def _timetable(schedule: str | None):
+    """A cron schedule as data intervals: each run reads exactly the interval before it fires (a
+    daily run at midnight reads the day before; a backfill day reads that day). Airflow 3 turns a
+    bare cron string into a CronTriggerTimetable, whose runs have no data interval at all."""
+    if schedule is None:
+        return None
+    from airflow.timetables.interval import CronDataIntervalTimetable
+
+    return CronDataIntervalTimetable(schedule, timezone="UTC")
+
+
 def build_flywheel_dag(profile: DagProfile, cfg: FlywheelConfig):
     # The on-demand form may pick any configured candidate; scheduled runs build their own set.
     candidates = list(cfg.candidates) if profile.schedule is None else list(profile.candidates)
@@ -69,7 +80,7 @@ def build_flywheel_dag(profile: DagProfile, cfg: FlywheelConfig):
     @dag(
         dag_id=profile.dag_id,
         description=profile.description,
-        schedule=profile.schedule,
+        schedule=_timetable(profile.schedule),
         start_date=datetime(2026, 1, 1),
         catchup=False,
         max_active_runs=4,  # runs proceed at once; GPU work is bounded by the pool, not by a queue

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk.definitions.mappedoperator import MappedOperator
+from airflow.timetables.interval import CronDataIntervalTimetable
 
 from flywheel.config import load_config
 from flywheel_operators import GPU_POOL
@@ -33,7 +35,15 @@ def test_the_three_dags(dagbag):
         assert dag.max_active_runs > 1, "runs must be able to proceed at once"
         assert not dag.catchup
         assert "flywheel" in dag.tags
-        assert dag.schedule == cfg.dags[dag_id].schedule
+        schedule = cfg.dags[dag_id].schedule
+        if schedule is None:
+            assert dag.schedule is None
+        else:  # data intervals: a run reads the interval before it fires, a backfilled day that day
+            assert isinstance(dag.timetable, CronDataIntervalTimetable), dag.timetable
+            assert dag.timetable.summary == CronDataIntervalTimetable(schedule, timezone="UTC").summary
+            start = datetime(2026, 11, 15, tzinfo=timezone.utc)
+            interval = dag.timetable.infer_manual_data_interval(run_after=start)
+            assert interval.end - interval.start == (timedelta(days=1) if schedule == "@daily" else timedelta(weeks=1))
 
 
 def test_on_demand_params_form(dagbag):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -36,7 +37,10 @@ def _page_frame(page, base_url: str):
     page.goto(f"{base_url}/plugin/flywheel")
     page.wait_for_selector("iframe", timeout=60_000)
     for _ in range(120):
-        frame = next((f for f in page.frames if "/flywheel/" in f.url), None)
+        # The UI mirrors the frame's location into its own (/plugin/flywheel/flywheel/): the
+        # main frame's URL then contains /flywheel/ too, so match the frame's path, not a substring.
+        frame = next((f for f in page.frames if f is not page.main_frame
+                      and urlparse(f.url).path.startswith("/flywheel/")), None)
         if frame is not None:
             try:
                 frame.wait_for_selector("#pending-reviews", timeout=60_000)
