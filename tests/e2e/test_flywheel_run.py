@@ -66,7 +66,8 @@ def _check_page_while_reviews_wait(e2e_stack, run_key, pending, tmp_path):
         assert f"Pending reviews ({len(pending)})" in frame.inner_text("#pending-reviews")
         links = frame.eval_on_selector_all("#pending-reviews a", "els => els.map(e => e.getAttribute('href'))")
         assert len(links) == len(pending) and all("/required_actions?map_index=" in h for h in links)
-        row = frame.locator("#workload-tool_router tr[data-strategy='lora']")
+        # The candidate's row (the broken candidate's failed LoRA experiment has a row of its own).
+        row = frame.locator(f"#workload-tool_router tr[data-candidate='{e2e_stack.candidate}'][data-strategy='lora']")
         assert row.locator("td.score").inner_text() == f"{lora:.3f}"
         page.screenshot(path=str(browser.screenshot_dir(tmp_path) / "flywheel-page-reviews.png"), full_page=True)
 
@@ -287,7 +288,8 @@ def test_flywheel_page_in_the_airflow_ui(e2e_stack, tmp_path):
         frame = _page_frame(page, base)
         assert "Pending reviews (0)" in frame.inner_text("#pending-reviews")
         for (workload, strategy), r in rows.items():
-            cell = frame.locator(f"#workload-{workload} tr[data-strategy='{strategy}'] td.score")
+            cell = frame.locator(f"#workload-{workload} tr[data-candidate='{e2e_stack.candidate}']"
+                                 f"[data-strategy='{strategy}'] td.score")
             assert cell.inner_text() == f"{r['score']:.3f}", (workload, strategy)
         card = frame.locator("#workload-tool_router")
         assert "tool_router-v1" in card.inner_text()
