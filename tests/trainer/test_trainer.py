@@ -25,7 +25,7 @@ def _spec(tmp_path: Path, model: Path, task: dict, strategy: str, name: str, **e
 def _run(tmp_path: Path, spec: dict) -> tuple[list[dict], dict]:
     path = tmp_path / f"{spec['job_name']}.json"
     path.write_text(json.dumps(spec))
-    proc = run_cli("run", "--spec", str(path), timeout=300)
+    proc = run_cli("run", "--spec", str(path), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = Path(spec["output_dir"])
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
@@ -83,7 +83,7 @@ def test_spec_json_argument_runs_like_a_spec_file(tmp_path, tiny_model, routing_
     spec = _spec(tmp_path, tiny_model, routing_task, "icl", "icl-inline")
     result = tmp_path / "airflow" / "xcom" / "return.json"
     proc = run_cli("run", "--spec-json", json.dumps(spec | {"added_in_a_later_version": 1}),
-                   "--result-file", str(result), timeout=300)
+                   "--result-file", str(result), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ignoring unknown spec field(s) ['added_in_a_later_version']" in proc.stdout
     lines = (tmp_path / "icl-inline" / "predictions.jsonl").read_text().splitlines()
