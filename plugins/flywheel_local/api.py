@@ -8,6 +8,8 @@ import urllib.parse
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 
 class AirflowAPI:
@@ -15,6 +17,14 @@ class AirflowAPI:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
+        # Reads are retried with backoff on a server error or a dropped connection (the api-server
+        # answers 500 "Database error" when its metadata database is momentarily unavailable, e.g.
+        # on a loaded machine); writes are not, so nothing is ever done twice.
+        retry = Retry(total=5, connect=5, read=2, status=5, backoff_factor=1.0,
+                      status_forcelist=(500, 502, 503, 504), allowed_methods=frozenset({"GET"}),
+                      raise_on_status=False)
+        self.session.mount("http://", HTTPAdapter(max_retries=retry))
+        self.session.mount("https://", HTTPAdapter(max_retries=retry))
         resp = self.session.post(f"{self.base_url}/auth/token", json={"username": username, "password": password},
                                  timeout=timeout)
         resp.raise_for_status()
