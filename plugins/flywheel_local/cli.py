@@ -277,8 +277,11 @@ def review_runs(api, run_key: str) -> list[dict]:
 def wait_for_reviews(api, dag_id: str, run_id: str, *, timeout: float = 300, interval: float = 2.0) -> list[dict]:
     """After a run ended: wait until each review run it opened asks its human (or is already done);
     returns the pending reviews (HITL details) of those runs."""
+    # One mapped instance per review request (skipped: its review run existed already); an
+    # unmapped skipped instance (map index -1) means the run requested no review at all.
     requested = [ti for ti in api.task_instances(dag_id, run_id)
-                 if ti["task_id"] == "request_review" and ti["state"] in ("success", "skipped")]
+                 if ti["task_id"] == "request_review" and (ti["state"] == "success"
+                                                           or (ti["state"] == "skipped" and ti.get("map_index", -1) >= 0))]
     deadline = time.monotonic() + timeout
     while True:
         runs = review_runs(api, f"{dag_id}/{run_id}")
