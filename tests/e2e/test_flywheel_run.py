@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -207,7 +208,12 @@ def test_full_flywheel_run(e2e_stack, tmp_path):
     with pytest.raises(RuntimeError, match="409"):
         as_reviewer.respond(pending[0], "Reject", "changed my mind")
     # Both refusals are recorded by the flywheel plugin's middleware in the api-server.
-    attempts = e2e_stack.rows("SELECT username, http_status, subject FROM review_attempts ORDER BY id")
+    # (written after the refusal's response went out, so give the api-server a moment)
+    for _ in range(30):
+        attempts = e2e_stack.rows("SELECT username, http_status, subject FROM review_attempts ORDER BY id")
+        if len(attempts) >= 2:
+            break
+        time.sleep(1)
     assert [(a["username"], a["http_status"]) for a in attempts] == [("admin", 403), (reviewer, 409)]
     assert attempts[0]["subject"] == pending[0]["subject"]
     for r in rest:
