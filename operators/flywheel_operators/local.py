@@ -90,7 +90,7 @@ class LocalGpuJobOperator(BaseOperator):
     """Run a ``GpuJob`` (a dict from XCom) with the trainer as a local subprocess.
 
     Returns the trainer's metrics plus wall seconds; the trainer leaves them in
-    ``<output_dir>/metrics.json`` beside the predictions, where every backend leaves them.
+    ``<output folder>/metrics.json`` beside the predictions, where every backend leaves them.
     """
 
     template_fields: Sequence[str] = ("job",)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -16,13 +16,16 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from flywheel.regression import GuardBudgets
-
 from flywheel.costs import Prices
+from flywheel.regression import GuardBudgets
+from flywheel.toolcalls import DEFAULT_PARSER, PARSERS
+from flywheel_trainer.spec import STRATEGIES, LoraSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = PROJECT_ROOT / "include" / "flywheel.yaml"
-STRATEGIES = ("base", "icl", "lora")
+# The strategies and the LoRA hyper-parameters (with their defaults) are defined once, in the GPU
+# job spec both sides import (flywheel_trainer.spec, torch-free); the config reads them from there
+# (and re-exports them: `from flywheel.config import STRATEGIES, LoraSpec`).
 
 _VAR = re.compile(r"\$\{([A-Z0-9_]+)(?::-([^}]*))?\}")
 
@@ -50,22 +53,15 @@ def _expand(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class LoraParams:
-    adapter_dim: int = 32
-    dropout: float = 0.1
-    epochs: int = 2
-    batch_size: int = 16
-    learning_rate: float = 1e-4
-
-
-@dataclass(frozen=True)
 class Candidate:
     name: str
-    model_path: str
+    model_path: str                  # a Hugging Face model directory: local/mounted path or an object-storage URI
     image: str
     gpus: int
     memory: str
     price_per_1m_tokens: float
+    tool_call_parser: str = DEFAULT_PARSER  # the model family's tool-call format (flywheel.toolcalls)
+    max_seq_len: int | None = None   # prompt + answer tokens; default generation.max_seq_len
     build: dict = field(default_factory=dict)
     # Input and output tokens are often priced apart; each defaults to the blended price.
     price_per_1m_input_tokens: float | None = None
@@ -159,7 +155,7 @@ class FlywheelConfig:
     icl_max_examples: int
     max_new_tokens: int
     max_seq_len: int
-    lora: LoraParams
+    lora: LoraSpec
     training_profiles: dict[str, dict]
     candidates: dict[str, Candidate]
     dags: dict[str, DagProfile]
@@ -198,7 +194,7 @@ class FlywheelConfig:
             dedup_on_answer=self.dedup_on_answer,
         ).check()
 
-    def lora_for_profile(self, profile: str | None) -> LoraParams:
+    def lora_for_profile(self, profile: str | None) -> LoraSpec:
         """LoRA hyper-parameters: production defaults, overridden by a named training profile."""
         if not profile:
             return self.lora
@@ -206,7 +202,16 @@ class FlywheelConfig:
             raise ConfigError(
                 f"unknown training profile {profile!r}; known: {sorted(self.training_profiles)}"
             )
-        return replace(self.lora, **self.training_profiles[profile])
+        return _lora(f"training_profiles.{profile}", {**self.lora.model_dump(exclude_unset=True),
+                                                      **self.training_profiles[profile]})
+
+
+def _lora(key: str, raw: Any) -> LoraSpec:
+    try:
+        return LoraSpec.model_validate(raw or {})
+    except ValidationError as exc:
+        problems = "; ".join(f"{key}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
+        raise ConfigError(f"flywheel config: {problems}") from None
 
 
 def _opt_float(value: Any) -> float | None:
@@ -222,6 +227,9 @@ def _judge_settings(raw: dict) -> JudgeSettings:
 
 
 def _resolve_path(p: str) -> str:
+    """A model location: a URI (s3://, gs://, file://...) as is, a relative path from the project root."""
+    if "://" in p:
+        return p
     path = Path(p)
     return str(path if path.is_absolute() else (PROJECT_ROOT / path).resolve())
 
@@ -255,6 +263,8 @@ def parse_config(raw: dict) -> FlywheelConfig:
                 gpus=int(c.get("gpus", 1)),
                 memory=str(c.get("memory", "8Gi")),
                 price_per_1m_tokens=float(c["price_per_1m_tokens"]),
+                tool_call_parser=str(c.get("tool_call_parser") or DEFAULT_PARSER),
+                max_seq_len=int(c["max_seq_len"]) if c.get("max_seq_len") else None,
                 build=dict(c.get("build") or {}),
                 price_per_1m_input_tokens=_opt_float(c.get("price_per_1m_input_tokens")),
                 price_per_1m_output_tokens=_opt_float(c.get("price_per_1m_output_tokens")),
@@ -273,11 +283,10 @@ def parse_config(raw: dict) -> FlywheelConfig:
             )
             for dag_id, d in raw["dags"].items()
         }
+        base_lora = _lora("lora", raw.get("lora"))
         profiles = {k: dict(v) for k, v in (raw.get("training_profiles") or {}).items()}
         for name, overrides in profiles.items():
-            unknown = set(overrides) - set(LoraParams.__dataclass_fields__)
-            if unknown:
-                raise ConfigError(f"training_profiles.{name}: unknown keys {sorted(unknown)}")
+            _lora(f"training_profiles.{name}", {**base_lora.model_dump(exclude_unset=True), **overrides})
         cfg = FlywheelConfig(
             production_model=raw["production"]["model"],
             production_price_per_1m_tokens=float(raw["production"]["price_per_1m_tokens"]),
@@ -294,7 +303,7 @@ def parse_config(raw: dict) -> FlywheelConfig:
             icl_max_examples=int(raw["icl"]["max_examples"]),
             max_new_tokens=int(raw["generation"]["max_new_tokens"]),
             max_seq_len=int(raw["generation"]["max_seq_len"]),
-            lora=LoraParams(**raw["lora"]),
+            lora=base_lora,
             training_profiles=profiles,
             candidates=candidates,
             dags=dags,
@@ -320,6 +329,13 @@ def parse_config(raw: dict) -> FlywheelConfig:
         raise ConfigError(f"flywheel config is missing the key {exc}") from exc
     except ValidationError as exc:
         raise ConfigError(f"flywheel config: regression_guard: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from exc
+    for cand in cfg.candidates.values():
+        if cand.tool_call_parser not in PARSERS:
+            raise ConfigError(f"candidates.{cand.name}.tool_call_parser is {cand.tool_call_parser!r}; use one of "
+                              f"{sorted(PARSERS)} (the model family's tool-call format)")
+        if cand.max_seq_len is not None and cand.max_seq_len <= cfg.max_new_tokens:
+            raise ConfigError(f"candidates.{cand.name}.max_seq_len must exceed generation.max_new_tokens "
+                              f"({cfg.max_new_tokens})")
     for dag in cfg.dags.values():
         for c in dag.candidates:
             if c not in cfg.candidates:

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flywheel.pii import Redactor, redact_record
-from flywheel.prompts import render_completion, render_prompt
 from flywheel.records import LogRecord, Rejection, class_label
 
 log = logging.getLogger(__name__)
@@ -398,11 +397,11 @@ def plan_splits(scan: Scan) -> Plan:
 
 def dataset_row(record: LogRecord, split: str, label: str) -> dict[str, Any]:
     """One curated dataset row (COORDINATION seam 5): id, split, label, request, response (with
-    usage), plus the client and time, and the toy prompt/completion of the local students."""
+    usage), plus the client and time. Candidates are prompted from the request and trained on the
+    response through their own chat template (flywheel.prompts, flywheel_trainer.chat)."""
     return {"id": record.source_id, "split": split, "label": label, "client_id": record.client_id,
             "timestamp": record.timestamp.isoformat().replace("+00:00", "Z"),
-            "request": record.request, "response": record.response,
-            "prompt": render_prompt(record.request), "completion": render_completion(record.assistant_message)}
+            "request": record.request, "response": record.response}
 
 
 @dataclass

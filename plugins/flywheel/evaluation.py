@@ -25,7 +25,7 @@ from flywheel.costs import CandidateCost, WorkloadTraffic, candidate_cost
 from flywheel.experiments import ExperimentSpec
 from flywheel.gold import GoldIndex
 from flywheel.judge import JudgeItem, JudgeStats, Verdict, judge_cost
-from flywheel.prompts import parse_completion
+from flywheel.toolcalls import parse_output
 from flywheel.scoring import (
     DETERMINISTIC_METHODS,
     FreeText,
@@ -195,9 +195,13 @@ def evaluate(
     gold: GoldIndex | None = None,
     traffic: WorkloadTraffic | None = None,
     training_gpu_seconds: float | None = None,
-    parse: Callable[[str], dict[str, Any]] = parse_completion,
+    parse: Callable[[str], dict[str, Any]] = parse_output,
 ) -> Evaluation:
-    """Items for the evaluations table, the per-slice table and the experiment's result."""
+    """Items for the evaluations table, the per-slice table and the experiment's result.
+
+    ``parse`` turns a raw output into an assistant message: the candidate's tool-call parser
+    (``flywheel.toolcalls``, chosen by its model family in the configuration).
+    """
     gold = gold or GoldIndex()
     eval_prompts = eval_prompts or {}
     method = method_for(spec.kind, judge=scorer.uses_judge)

@@ -12,9 +12,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
-TRAINER_SPEC_VERSION = 1
-
-
 @dataclass(frozen=True)
 class ExperimentSpec:
     run_key: str

@@ -30,7 +30,8 @@ class GpuJob:
     inputs: dict[str, str] = field(default_factory=dict)   # role -> URI
     outputs: dict[str, str] = field(default_factory=dict)  # role -> URI
     labels: dict[str, str] = field(default_factory=dict)
-    spec: dict[str, Any] = field(default_factory=dict)     # the trainer's job spec (small JSON)
+    # The trainer's job spec: flywheel_trainer.spec.JobSpec as JSON (small; inputs/outputs are URIs).
+    spec: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,21 +1,19 @@
-"""The one text format between OpenAI-shaped records and a small causal LM.
+"""From logged OpenAI-shaped records to the chat items a candidate is prompted and trained with.
 
-A prompt is one line per part, ending with the cue ``<assistant>``; the completion follows after a
-single space:
+A candidate is prompted exactly as production serving would prompt it: the request's messages and
+tool JSON schemas, rendered by the candidate tokenizer's own chat template. That rendering needs
+the tokenizer, so it happens in the GPU job (flywheel_trainer.chat); this module only turns a
+curated record into clean OpenAI-shaped messages (the trainer's ``ChatItem`` rows):
 
-    <tools> get_order_status cancel_order
-    <system> Route the customer message: call one tool.
-    <user> where is my order A-100234?
-    <assistant> call get_order_status {"order_id": "A-100234"}
+- an **eval item** is the request: ``{"id", "messages", "tools"}``;
+- a **training example** is the request plus the production answer as the last message;
+- an **in-context example** is the request's turns (no system message: the query brings its own)
+  plus the answer, inserted as earlier turns of the query's conversation.
 
-Tool calls render as ``call NAME {JSON args, keys sorted}`` joined by `` ; ``, JSON answers as
-one-line JSON with sorted keys, everything else as the text with newlines folded.
-
-The role markers are special tokens of the student's tokenizer, so a marker inside logged text
-(a user typing ``<assistant>``) would forge a turn: text is rendered with the markers defused
-(``<user>`` -> ``(user)``). A rendered completion therefore never contains a marker, which lets
-``parse_completion`` cut a model's output where it starts writing the next turn. It turns any
-model output, garbage included, back into an assistant message and never raises.
+Logged content is kept as logged (no text format of ours, nothing defused here): the trainer
+encodes the template's control tokens inside content as plain text, so a user who types one
+cannot forge a turn. Malformed parts (a message that is not an object, a tool without a name)
+are dropped rather than guessed at.
 """
 
 from __future__ import annotations
@@ -24,25 +22,10 @@ import json
 import re
 from typing import Any
 
-ROLE_MARKERS = ("<system>", "<tools>", "<user>", "<assistant>")
-CALL_SEPARATOR = " ; "
-
+ROLES = ("system", "user", "assistant", "tool")
 _WHITESPACE = re.compile(r"\s+")
-_MARKER = re.compile("|".join(re.escape(m) for m in ROLE_MARKERS))
-_CALL_HEAD = re.compile(r"call\s+([A-Za-z_][A-Za-z0-9_.-]*)\s*")
-_NEXT_CALL = re.compile(r"\s*;\s*(?=call\s)")
 
-
-def _defuse(match: re.Match) -> str:
-    return "(" + match.group(0)[1:-1] + ")"
-
-
-def _text(content: Any) -> str:
-    """One line of safe text from message content (a string, a list of parts, or None)."""
-    if isinstance(content, list):  # OpenAI content parts: keep the text ones
-        content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    folded = _WHITESPACE.sub(" ", str(content or "")).strip()
-    return _MARKER.sub(_defuse, folded)
+Message = dict[str, Any]
 
 
 def workload_kind(request: dict[str, Any]) -> str:
@@ -55,119 +38,124 @@ def workload_kind(request: dict[str, Any]) -> str:
     return "chat"
 
 
+def request_tools(request: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The request's function tools (JSON schemas) as logged; entries without a name are dropped."""
+    tools = [t for t in request.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("function"), dict)
+             and isinstance(t["function"].get("name"), str) and t["function"]["name"].strip()]
+    return tools or None
+
+
 def tool_names(request: dict[str, Any]) -> list[str]:
-    """The names of the tools a request offers, in order; malformed entries are skipped."""
-    names = []
-    for tool in request.get("tools") or []:
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
-            names.append(_text(fn["name"]))
-    return names
+    """The names of the tools a request offers, in order."""
+    return [t["function"]["name"] for t in request_tools(request) or []]
 
 
-def _render_call(call: Any) -> str:
-    fn = call.get("function") if isinstance(call, dict) else None
-    fn = fn if isinstance(fn, dict) else {}
-    raw = fn.get("arguments")
-    if isinstance(raw, str) and raw.strip():
-        try:
-            body = json.dumps(json.loads(raw), sort_keys=True, ensure_ascii=False)
-        except (ValueError, RecursionError):
-            body = raw  # invalid JSON is shown as logged: the model should not learn a repaired version
-    else:
-        body = json.dumps(raw or {}, sort_keys=True, ensure_ascii=False, default=str)
-    return _text(f"call {fn.get('name', '')} {body}")
+def _content(content: Any) -> str | None:
+    if isinstance(content, list):  # OpenAI content parts: keep the text ones
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and "text" in p)
+    return None if content is None else str(content)
 
 
-def render_completion(message: dict[str, Any]) -> str:
-    """What the model should produce for a production assistant message."""
-    calls = message.get("tool_calls") or []
-    if calls:
-        return CALL_SEPARATOR.join(_render_call(c) for c in calls)
-    content = message.get("content")
-    if isinstance(content, str):
-        try:
-            # One canonical spelling per answer, so the model never has to learn key order or spacing.
-            parsed = json.loads(content)
-            if isinstance(parsed, (dict, list)):
-                return _text(json.dumps(parsed, sort_keys=True, ensure_ascii=False))
-        except (ValueError, RecursionError):
-            pass
-    return _text(content)
+def _tool_calls(calls: Any) -> list[dict[str, Any]]:
+    out = []
+    for call in calls if isinstance(calls, list) else []:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            continue
+        args = fn.get("arguments")
+        if not isinstance(args, str):
+            args = json.dumps(args if args is not None else {}, ensure_ascii=False, default=str)
+        clean = {"type": "function", "function": {"name": fn["name"], "arguments": args}}
+        if isinstance(call.get("id"), str):
+            clean["id"] = call["id"]
+        out.append(clean)
+    return out
 
 
-def _render_message(message: Any) -> str | None:
+def clean_message(message: Any) -> Message | None:
+    """One OpenAI message with a known role, text content and well-formed tool calls (or None)."""
     if not isinstance(message, dict):
         return None
     role = message.get("role")
+    role = "system" if role == "developer" else role if role in ROLES else "user"
+    out: Message = {"role": role, "content": _content(message.get("content"))}
     if role == "assistant":
-        return f"<assistant> {render_completion(message)}"
-    if role == "tool":
-        return f"<user> [tool result] {_text(message.get('content'))}"
-    if role in ("system", "developer"):
-        return f"<system> {_text(message.get('content'))}"
-    return f"<user> {_text(message.get('content'))}"
-
-
-def render_prompt(request: dict[str, Any]) -> str:
-    """The request as prompt lines: tool names, the conversation, and the final ``<assistant>`` cue."""
-    lines = []
-    names = tool_names(request)
-    if names:
-        lines.append("<tools> " + " ".join(names))
-    messages = request.get("messages")
-    for message in messages if isinstance(messages, list) else []:
-        line = _render_message(message)
-        if line is not None:
-            lines.append(line)
-    lines.append("<assistant>")
-    return "\n".join(lines)
-
-
-def _parse_calls(text: str) -> list[dict[str, Any]]:
-    """``call NAME {args} ; call NAME {args} ...`` from the start of ``text``; stops at the first
-    thing that is not a call. The JSON is read with the decoder, so a `` ; `` inside an argument
-    value does not split a call, and anything the model wrote after the object is ignored."""
-    decoder = json.JSONDecoder()
-    calls: list[dict[str, Any]] = []
-    pos = 0
-    while True:
-        head = _CALL_HEAD.match(text, pos)
-        if head is None:
-            return calls
-        pos = head.end()
-        try:
-            args, end = decoder.raw_decode(text, pos)
-        except (ValueError, RecursionError):
-            args, end = None, pos
-        if isinstance(args, dict):
-            arguments = json.dumps(args, sort_keys=True, ensure_ascii=False)
-        else:
-            # Not a JSON object: keep what the model wrote up to the next call, as OpenAI does with
-            # invalid arguments; the scorer counts them as malformed instead of guessing.
-            nxt = _NEXT_CALL.search(text, pos)
-            end = nxt.start() if nxt else len(text)
-            arguments = text[pos:end].strip() or "{}"
-        calls.append({"id": f"call_{len(calls)}", "type": "function",
-                      "function": {"name": head.group(1), "arguments": arguments}})
-        sep = _NEXT_CALL.match(text, end)
-        if sep is None:
-            return calls
-        pos = sep.end()
-
-
-def parse_completion(text: Any) -> dict[str, Any]:
-    """An assistant message from raw model output; never raises.
-
-    Output from a role marker on is the model writing the next turn, and is dropped.
-    """
-    text = text if isinstance(text, str) else ""
-    marker = _MARKER.search(text)
-    if marker:
-        text = text[: marker.start()]
-    text = text.strip()
-    if text.startswith("call"):
-        calls = _parse_calls(text)
+        calls = _tool_calls(message.get("tool_calls"))
         if calls:
-            return {"role": "assistant", "content": None, "tool_calls": calls}
-    return {"role": "assistant", "content": text}
+            out["tool_calls"] = calls
+    elif out["content"] is None:
+        out["content"] = ""
+    if role == "tool":
+        for key in ("tool_call_id", "name"):
+            if isinstance(message.get(key), str):
+                out[key] = message[key]
+    return out
+
+
+def chat_messages(request: dict[str, Any]) -> list[Message]:
+    messages = request.get("messages")
+    return [m for m in map(clean_message, messages if isinstance(messages, list) else []) if m is not None]
+
+
+def answer_message(response: dict[str, Any]) -> Message:
+    """The production answer of a logged response (curation guarantees it is there)."""
+    message = clean_message(response["choices"][0]["message"]) or {"role": "assistant", "content": ""}
+    message["role"] = "assistant"
+    return message
+
+
+def eval_item(row: dict[str, Any]) -> dict[str, Any]:
+    """A curated row as the trainer's eval item: the request, to be answered."""
+    item: dict[str, Any] = {"id": str(row["id"]), "messages": chat_messages(row["request"])}
+    tools = request_tools(row["request"])
+    if tools:
+        item["tools"] = tools
+    return item
+
+
+def train_item(row: dict[str, Any]) -> dict[str, Any]:
+    """A curated row as a training example: the request with production's answer as the last turn."""
+    item = eval_item(row)
+    item["messages"] = [*item["messages"], answer_message(row["response"])]
+    return item
+
+
+def icl_example(row: dict[str, Any]) -> list[Message]:
+    """A curated row as in-context turns: its conversation without system messages, then the answer."""
+    return [*(m for m in chat_messages(row["request"]) if m["role"] != "system"), answer_message(row["response"])]
+
+
+def similarity_text(request: dict[str, Any]) -> str:
+    """What tells records of a workload apart: the user and tool turns (system prompt and tool
+    schemas are the same for every record and would crowd the user's words out of MiniLM's window)."""
+    parts = [m["content"] or "" for m in chat_messages(request) if m["role"] in ("user", "tool")]
+    return _WHITESPACE.sub(" ", " ".join(parts)).strip()
+
+
+def request_key(request: dict[str, Any]) -> str:
+    """Equal for two records that ask the same thing (so an ICL example is never the query itself)."""
+    return json.dumps([chat_messages(request), tool_names(request)], sort_keys=True, ensure_ascii=False)
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """One line for people (leaderboard details, review evidence): tool calls as ``name(args)``,
+    JSON answers canonical, text with whitespace folded."""
+    calls = _tool_calls(message.get("tool_calls"))
+    if calls:
+        rendered = []
+        for call in calls:
+            args = call["function"]["arguments"]
+            try:
+                args = json.dumps(json.loads(args), sort_keys=True, ensure_ascii=False)
+            except (ValueError, RecursionError):
+                pass
+            rendered.append(f"{call['function']['name']}({args})")
+        return " ; ".join(rendered)
+    content = _content(message.get("content")) or ""
+    try:
+        parsed = json.loads(content)
+        if isinstance(parsed, (dict, list)):
+            return json.dumps(parsed, sort_keys=True, ensure_ascii=False)
+    except (ValueError, RecursionError):
+        pass
+    return _WHITESPACE.sub(" ", content).strip()

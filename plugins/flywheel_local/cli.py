@@ -97,29 +97,37 @@ def up(paths: stack.StackPaths) -> tuple[Path, dict[str, str]]:
 
 
 def build_models(paths: stack.StackPaths, *, force: bool = False) -> None:
-    """Build every configured candidate that has a `build` recipe and is not built yet."""
+    """Build every configured candidate that has a `build` recipe and is not built yet (or was built
+    from another recipe, corpus or chat template: then it is rebuilt)."""
+    import hashlib
+
     from flywheel_local.demo_data import generic_corpus
-    from flywheel.prompts import ROLE_MARKERS
+    from flywheel_trainer.tiny_lm import TEMPLATE_VERSION
 
     os.environ.setdefault("FLYWHEEL_MODELS_DIR", str(paths.models))
     cfg = load_config()
     corpus = paths.models / "generic_corpus.jsonl"
+    text = "".join(json.dumps(d) + "\n" for d in generic_corpus())
+    corpus_sha = hashlib.sha256(text.encode()).hexdigest()
     for cand in cfg.candidates.values():
         if not cand.build:
             continue
         target = Path(cand.model_path)
-        if (target / "flywheel_model.json").exists() and not force:
+        b = cand.build
+        meta_file = target / "flywheel_model.json"
+        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        current = (meta.get("chat_template") == TEMPLATE_VERSION and meta.get("corpus", {}).get("sha256") == corpus_sha
+                   and all(meta.get("hyperparameters", {}).get(k) == v for k, v in b.items()))
+        if current and not force:
             say(f"model {cand.name}: cached in {target}")
             continue
-        if not corpus.exists():
+        if not corpus.exists() or corpus.read_text(encoding="utf-8") != text:
             corpus.parent.mkdir(parents=True, exist_ok=True)
-            corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in generic_corpus()), encoding="utf-8")
-        b = cand.build
+            corpus.write_text(text, encoding="utf-8")
         with Step(f"Pre-training the local student {cand.name} (no download)"):
             subprocess.run([
                 sys.executable, "-m", "flywheel_trainer", "pretrain", "--corpus", str(corpus), "--out", str(target),
-                "--hidden", str(b["hidden"]), "--layers", str(b["layers"]), "--heads", str(b["heads"]),
-                "--vocab", str(b["vocab"]), "--steps", str(b["steps"]), "--special-tokens", ",".join(ROLE_MARKERS),
+                *(arg for key, value in b.items() for arg in (f"--{key.replace('_', '-')}", str(value))),
             ], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from flywheel.prompts import render_completion, render_prompt
+from flywheel.prompts import chat_messages, clean_message, request_tools
 
 PROD_MODEL = "prod-llm-70b"
 
@@ -513,16 +513,31 @@ def _generic_chat(rng: random.Random) -> tuple[dict, dict]:
     return request, {"role": "assistant", "content": answer}
 
 
+# What the other tools do, in the words a tool schema uses (production's schemas carry descriptions too).
+OTHER_TOOL_DESCRIPTIONS = {
+    "get_weather": "Get the current weather for a city", "play_song": "Play a song by its title",
+    "set_alarm": "Set an alarm for a time of day", "add_calendar_event": "Add an event to the calendar on a date",
+    "turn_on_lights": "Switch on the lights in a room", "convert_currency": "Convert money from one currency to another",
+    "send_message": "Send a text message to a contact", "check_flight": "Check the status of a flight",
+    "pay_bill": "Pay a bill from the default account", "find_booking": "Find a booking by its reference",
+}
+
+
 def _generic_tool_call(rng: random.Random, tool_defs: list[dict]) -> tuple[dict, dict]:
     name = rng.choice(list(OTHER_TOOLS))
     phrasings, arg_slots = OTHER_TOOLS[name]
     values = {slot: IDENTIFIERS[slot](rng) if slot in IDENTIFIERS else rng.choice(FILL[slot])
               for slot in sorted(set(arg_slots.values()) | {"person"})}
-    tools = rng.sample(tool_defs, k=rng.randint(3, 5))
+    # Four to seven tools, as many as production offers, so the student sees prompts as long as
+    # production's (positions it has never attended over, LoRA would have to teach it first).
+    tools = rng.sample(tool_defs, k=rng.randint(4, 7))
     if name not in [t["function"]["name"] for t in tools]:
         tools[rng.randrange(len(tools))] = tool_defs[list(OTHER_TOOLS).index(name)]
-    request = {"tools": tools,
-               "messages": _maybe_system(rng, [{"role": "user", "content": rng.choice(phrasings).format(**values)}])}
+    messages = [{"role": "user", "content": rng.choice(phrasings).format(**values)}]
+    if rng.random() < 0.3:  # a conversation that went on a little before the call
+        question, answer = rng.choice(SMALL_TALK)
+        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}, *messages]
+    request = {"tools": tools, "messages": _maybe_system(rng, messages)}
     args = {arg: values[slot] for arg, slot in arg_slots.items()}
     return request, {"role": "assistant", "content": None, "tool_calls": [
         {"type": "function", "function": {"name": name, "arguments": json.dumps(args)}}]}
@@ -536,13 +551,14 @@ def _generic_json(rng: random.Random) -> tuple[dict, dict]:
     return request, {"role": "assistant", "content": json.dumps(build(values))}
 
 
-def generic_corpus(*, n_texts: int = 4000, seed: int = 11) -> list[str]:
-    """Pre-training texts in the prompt format (prompt, a space, completion): a third each of
-    small talk, calls of other tools, and JSON of other schemas."""
+def generic_corpus(*, n_texts: int = 4000, seed: int = 11) -> list[dict]:
+    """Pre-training conversations ``{"messages": [...], "tools": [...]}``: a third each of small talk,
+    calls of other tools, and JSON of other schemas. The student's builder renders them through
+    its chat template, the way every prompt and training example is rendered."""
     rng = random.Random(seed)
-    tool_defs = [_tool(name, name.replace("_", " "), **{k: "string" for k in spec[1]})
+    tool_defs = [_tool(name, OTHER_TOOL_DESCRIPTIONS[name], **{k: "string" for k in spec[1]})
                  for name, spec in OTHER_TOOLS.items()]
-    texts = []
+    docs = []
     for i in range(n_texts):
         kind = i % 3
         if kind == 0:
@@ -551,5 +567,9 @@ def generic_corpus(*, n_texts: int = 4000, seed: int = 11) -> list[str]:
             request, message = _generic_tool_call(rng, tool_defs)
         else:
             request, message = _generic_json(rng)
-        texts.append(render_prompt(request) + " " + render_completion(message))
-    return texts
+        doc: dict = {"messages": [*chat_messages(request), clean_message(message)]}
+        tools = request_tools(request)
+        if tools:
+            doc["tools"] = tools
+        docs.append(doc)
+    return docs

@@ -15,10 +15,11 @@ transformers + peft and one client (flywheel.adapters.serving) drives both:
 
 Several base models (the configured candidates) are served from one process, each loaded on first
 use; adapters on one base share its weights (peft, one named adapter per deployed version).
-Requests are rendered exactly as the experiments rendered them (the model's chat template when its
-tokenizer has one, else the flywheel's prompt format of flywheel.prompts) and the output is parsed
-back into an assistant message (tool calls included). Work is serialised by one lock: this is a
-CPU server for a laptop-sized model, not a production server.
+Requests are rendered exactly as the experiments rendered them (the model's own chat template, the
+same code: flywheel_trainer.chat) and the output is parsed back into an assistant message with the
+candidate's tool-call parser (flywheel.toolcalls), as vLLM's --tool-call-parser does. A prompt
+longer than the context is refused (HTTP 400), as vLLM does. Work is serialised by one lock: this
+is a CPU server for a laptop-sized model, not a production server.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from flywheel.prompts import parse_completion, render_prompt
+from flywheel.toolcalls import DEFAULT_PARSER, parse_output
 
 log = logging.getLogger("flywheel.serving")
 
@@ -75,6 +76,8 @@ class _Base:
     tokenizer: Any = None
     model: Any = None  # the base model, or the PeftModel wrapping it once an adapter is loaded
     adapters: dict[str, str] = field(default_factory=dict)  # adapter name -> path
+    parser: str = DEFAULT_PARSER  # the model family's tool-call format
+    chat: Any = None  # flywheel_trainer.chat.ChatFormat of the tokenizer
 
     @property
     def loaded(self) -> bool:
@@ -130,8 +133,10 @@ def check_adapter_fits(adapter_dir: Path, model) -> None:
 class ModelRegistry:
     """The served base models and the adapters loaded on them; every change under one lock."""
 
-    def __init__(self, bases: dict[str, str], *, max_new_tokens: int = 64, max_seq_len: int = 512) -> None:
-        self.bases = {name: _Base(name, path) for name, path in bases.items()}
+    def __init__(self, bases: dict[str, str], *, max_new_tokens: int = 64, max_seq_len: int = 512,
+                 parsers: dict[str, str] | None = None) -> None:
+        self.bases = {name: _Base(name, path, parser=(parsers or {}).get(name, DEFAULT_PARSER))
+                      for name, path in bases.items()}
         self.max_new_tokens = max_new_tokens
         self.max_seq_len = max_seq_len
         self.lock = threading.Lock()
@@ -145,9 +150,18 @@ class ModelRegistry:
         path = _local_path(base.path)
         if not (path / "config.json").is_file():
             raise ServingRefused(404, f"base model {base.name} has no weights at {path}", "NotFoundError")
-        base.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        if base.tokenizer.pad_token_id is None:
-            base.tokenizer.pad_token = base.tokenizer.eos_token
+        from flywheel_trainer.chat import ChatFormat
+        from flywheel_trainer.spec import SpecError
+
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.model_max_length = 1 << 30  # the context is checked here, per request
+        try:
+            base.chat = ChatFormat(tokenizer, candidate=base.name, model_uri=str(path))
+        except SpecError as exc:
+            raise ServingRefused(400, str(exc)) from None
+        base.tokenizer = tokenizer
         base.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
         log.info("loaded base model %s from %s", base.name, path)
         return base
@@ -219,19 +233,30 @@ class ModelRegistry:
             return f"Success: LoRA adapter '{req.lora_name}' removed successfully."
 
     # --- generation -----------------------------------------------------------------------------
-    def render(self, tokenizer, req: ChatRequest) -> str:
-        """The prompt exactly as the experiments built it: the chat template when the model has one."""
-        request = req.model_dump(exclude_none=True)
-        if getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template(req.messages, tools=req.tools, add_generation_prompt=True,
-                                                 tokenize=False)
-        return render_prompt(request)
+    def render(self, base: _Base, req: ChatRequest, max_new: int) -> list[int]:
+        """The prompt's token ids exactly as the experiments built them: the model's chat template,
+        the request's messages and tools, control tokens in the text encoded as text."""
+        from flywheel_trainer.chat import ChatItemError
+
+        try:
+            ids = base.chat.prompt(req.messages, req.tools)
+        except ChatItemError as exc:
+            raise ServingRefused(400, str(exc)) from None
+        room = self._context(base) - max_new
+        if len(ids) > room:
+            raise ServingRefused(400, f"This model's maximum context length is {self._context(base)} tokens; the "
+                                      f"prompt has {len(ids)} and {max_new} are asked for the answer")
+        return ids
+
+    def _context(self, base: _Base) -> int:
+        positions = getattr(base.model.config, "max_position_embeddings", None)
+        return min(self.max_seq_len, positions) if positions else self.max_seq_len
 
     def chat(self, req: ChatRequest) -> dict[str, Any]:
         import torch
         from peft import PeftModel
 
-        from flywheel_trainer.generate import eos_ids, prompt_ids
+        from flywheel_trainer.generate import decode, stop_ids
 
         if req.stream:
             raise ServingRefused(400, "streaming is not supported by the local serving endpoint; send stream=false")
@@ -242,10 +267,9 @@ class ModelRegistry:
                 base, adapter = self._owner(req.model), req.model
                 if base is None:
                     raise ServingRefused(404, f"The model `{req.model}` does not exist.", "NotFoundError")
-            max_new = min(req.max_completion_tokens or req.max_tokens or self.max_new_tokens, self.max_seq_len - 1)
-            prompt = self.render(base.tokenizer, req)
-            ids = prompt_ids(base.tokenizer, [prompt], self.max_seq_len - max_new)[0]
-            stops = eos_ids(base.model, base.tokenizer)
+            max_new = min(req.max_completion_tokens or req.max_tokens or self.max_new_tokens, self._context(base) - 1)
+            ids = self.render(base, req, max_new)
+            stops = stop_ids(base.model, base.tokenizer)
             model = base.model
             input_ids = torch.tensor([ids])
             kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new,
@@ -260,11 +284,10 @@ class ModelRegistry:
                 else:
                     out = model.generate(**kwargs)
         tokens = out[0, len(ids):].tolist()
-        end = next((k for k, t in enumerate(tokens) if t in stops), None)
-        text = base.tokenizer.decode(tokens[:end], skip_special_tokens=True).strip()
-        message = parse_completion(text)
-        finish = "tool_calls" if message.get("tool_calls") else ("length" if end is None else "stop")
-        completion_tokens = len(tokens) if end is None else end + 1
+        text, completion_tokens = decode(base.tokenizer, tokens, stops)  # as the eval jobs decode
+        message = parse_output(text, base.parser)
+        stopped = any(t in stops for t in tokens)
+        finish = "tool_calls" if message.get("tool_calls") else ("stop" if stopped else "length")
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -348,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, args.threads))  # it shares the machine with Airflow's workers
     cfg = load_config()
     bases = _parse_models(args.model) or {name: c.model_path for name, c in cfg.candidates.items()}
-    registry = ModelRegistry(bases, max_new_tokens=cfg.max_new_tokens, max_seq_len=cfg.max_seq_len)
+    parsers = {name: c.tool_call_parser for name, c in cfg.candidates.items()}
+    registry = ModelRegistry(bases, max_new_tokens=cfg.max_new_tokens, max_seq_len=cfg.max_seq_len, parsers=parsers)
     log.info("serving base models %s on %s:%d", ", ".join(bases), args.host, args.port)
     uvicorn.run(create_app(registry), host=args.host, port=args.port, log_level="warning")
     return 0

@@ -147,13 +147,16 @@ def test_a_jobs_answers_on_the_anchor_items_are_scored_apart(flywheel_db, tmp_pa
                               eval_rows=rows, added_by="alice")
     out = tmp_path / "job"
     out.mkdir()
-    answers = {"logs.jsonl:9": 'call get_order_status {"order_id": "A-9"}',  # this run's own eval item
-               "anchor:logs.jsonl:0": 'call get_order_status {"order_id": "A-0"}',  # right
-               "anchor:logs.jsonl:1": 'call get_order_status {"order_id": "A-1"}'}  # wrong tool
+    def call(name, order_id):  # the candidate's raw output, in its family's (hermes) format
+        return "<tool_call>" + json.dumps({"name": name, "arguments": {"order_id": order_id}}) + "</tool_call>"
+
+    answers = {"logs.jsonl:9": call("get_order_status", "A-9"),  # this run's own eval item
+               "anchor:logs.jsonl:0": call("get_order_status", "A-0"),  # right
+               "anchor:logs.jsonl:1": call("get_order_status", "A-1")}  # wrong tool
     (out / "predictions.jsonl").write_text("".join(json.dumps({"id": k, "output": v}) + "\n" for k, v in answers.items()))
     spec = ExperimentSpec(run_key="run/2", workload_id=W, kind="tool_calling", candidate="tiny-lm-1.6m",
                           strategy="lora", dataset_uri="file:///unused")
-    n = anchors.score_anchor_predictions(flywheel_db, spec, {"spec": {"output_dir": str(out)}}, load_config(), Scorer())
+    n = anchors.score_anchor_predictions(flywheel_db, spec, {"spec": {"output_uri": f"file://{out}"}}, load_config(), Scorer())
     assert n == 2  # logs.jsonl:2 had no answer in this job: left out, not a zero
     scores = {r["item_id"]: r["score"] for r in store.fetch_all(flywheel_db, "anchor_scores_of_experiment", spec.key)}
     assert scores == {"logs.jsonl:0": 1.0, "logs.jsonl:1": pytest.approx(scores["logs.jsonl:1"])}

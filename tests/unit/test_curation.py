@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from flywheel.curation import (
     OTHERS, CurationSettings, SettingsError, SourceItem, curate, curate_stream, normalized_request, request_key,
 )
+from flywheel.prompts import train_item
 from flywheel.pii import redact_text
 from flywheel.records import LogRecord, Rejection, class_label, parse_line
 from flywheel_local.demo_data import generate_logs
@@ -121,18 +122,17 @@ def test_pii_is_redacted_before_anything_is_kept(results):
         rows = result.to_rows()
         text = json.dumps(rows)
         assert "@example.com" not in text and "<EMAIL_1>" in text and "<PHONE_1>" in text
-        assert all(redact_text(r["prompt"] + " " + r["completion"])[1] == Counter() for r in rows)
+        for r in rows:  # what the candidates are prompted and trained with is redacted too
+            assert redact_text(json.dumps(train_item(r), ensure_ascii=False))[1] == Counter()
 
 
 def test_rows_carry_the_seam_fields(results):
     result = results["tool_router"]
     rows = result.to_rows()
     assert [r["split"] for r in rows] == ["eval"] * 20 + ["train"] * result.n_train + ["val"] * result.n_val
-    assert set(rows[0]) == {"id", "split", "label", "client_id", "timestamp", "request", "response", "prompt",
-                            "completion"}
+    assert set(rows[0]) == {"id", "split", "label", "client_id", "timestamp", "request", "response"}
     assert all(r["response"]["usage"]["prompt_tokens"] > 0 for r in rows)  # usage is kept (cost)
-    assert all(r["prompt"].endswith("\n<assistant>") and r["completion"].startswith(f"call {r['label']} ")
-               for r in rows)
+    assert all(train_item(r)["messages"][-1]["tool_calls"][0]["function"]["name"] == r["label"] for r in rows)
 
 
 # ---------------------------------------------------------------- small synthetic sets

@@ -10,7 +10,6 @@ import pytest
 
 from flywheel_local.demo_data import MALFORMED_KINDS, ROUTER_TOOLS, generate_logs, generic_corpus, write_jsonl
 from flywheel.pii import redact_text
-from flywheel.prompts import ROLE_MARKERS
 from flywheel.records import LogRecord, parse_line
 
 END = datetime(2026, 11, 20, tzinfo=timezone.utc)
@@ -125,17 +124,22 @@ def test_write_jsonl(tmp_path, lines):
 def test_generic_corpus_teaches_the_format_not_the_production_tasks():
     corpus = generic_corpus(n_texts=600)
     assert corpus == generic_corpus(n_texts=600)
-    text = "\n".join(corpus)
+    text = json.dumps(corpus)
     production = [t["function"]["name"] for t in ROUTER_TOOLS]
     production += [p for t in ROUTER_TOOLS for p in t["function"]["parameters"]["properties"]]
     production += ["invoice_number", "due_date", "vendor", "ShopCo"]
     for word in production:
-        assert f'"{word}"' not in text and f" {word} " not in text, word
-    assert all(t.count("<assistant>") == 1 and t.split("\n")[-1].startswith("<assistant> ") for t in corpus)
-    for marker in ROLE_MARKERS:
-        assert marker in text
-    kinds = Counter("call" if "<assistant> call " in t else "json" if "<assistant> {" in t else "text" for t in corpus)
+        assert f'\\"{word}\\"' not in text and f'"{word}"' not in text and f" {word} " not in text, word
+    # Conversations ending with the assistant's answer, in the shape every prompt and example has.
+    assert all(d["messages"][-1]["role"] == "assistant" and d["messages"][-2]["role"] == "user" for d in corpus)
+    kinds = Counter("call" if d["messages"][-1].get("tool_calls") else
+                    "json" if (d["messages"][-1]["content"] or "").startswith("{") else "text" for d in corpus)
     assert kinds == {"text": 200, "call": 200, "json": 200}
+    # Tool calls always come with the tools' JSON schemas, the called one among them.
+    for d in corpus:
+        for call in d["messages"][-1].get("tool_calls", []):
+            assert call["function"]["name"] in [t["function"]["name"] for t in d["tools"]]
+            assert isinstance(json.loads(call["function"]["arguments"]), dict)
 
 
 def test_same_bytes_in_every_process():
@@ -149,7 +153,7 @@ def test_same_bytes_in_every_process():
     code = ("import hashlib; from datetime import datetime, timezone;"
             "from flywheel_local.demo_data import generate_logs, generic_corpus;"
             "logs = generate_logs(n_records=300, days=2, end=datetime(2026, 11, 20, tzinfo=timezone.utc), seed=7);"
-            "print(hashlib.sha256('\\n'.join(logs + generic_corpus(n_texts=600)).encode()).hexdigest())")
+            "import json; print(hashlib.sha256('\\n'.join(logs + [json.dumps(d) for d in generic_corpus(n_texts=600)]).encode()).hexdigest())")
     digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               env={**os.environ, "PYTHONHASHSEED": s}).stdout.strip() for s in ("1", "2")}
     assert len(digests) == 1 and len(next(iter(digests))) == len(hashlib.sha256().hexdigest()), digests

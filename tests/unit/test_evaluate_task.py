@@ -10,10 +10,11 @@ import pytest
 
 from flywheel.adapters import airflow_tasks, postgres as store
 from flywheel.config import load_config
+from flywheel.prompts import eval_item
 from flywheel_local.rule_judge import MODEL_ID, RuleJudgeServer
 
 from test_eval_store import _setup  # pytest puts tests/unit on the path
-from test_evaluation import router_case, spec
+from test_evaluation import hermes, router_case, spec
 
 
 @pytest.fixture
@@ -26,16 +27,16 @@ def job(tmp_path):
     dataset.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
     out.mkdir()
-    preds["logs.jsonl:0"].output = 'call refund {"order_id": "A-0", "note": "charged twice today"}'
+    preds["logs.jsonl:0"].output = hermes("refund", order_id="A-0", note="charged twice today")
     (out / "predictions.jsonl").write_text("".join(
         json.dumps({"id": k, "output": p.output, "prompt_tokens": 120, "completion_tokens": 12}) + "\n"
         for k, p in preds.items()))
     (out / "metrics.json").write_text(json.dumps({"train_seconds": 720.0, "generate_seconds": 5.0}))
     evals = tmp_path / "eval.jsonl"
-    evals.write_text("".join(json.dumps({"id": r["id"], "prompt": r["prompt"]}) + "\n" for r in rows))
+    evals.write_text("".join(json.dumps(eval_item(r)) + "\n" for r in rows))
     experiment = {**spec().to_dict(), "dataset_uri": f"file://{dataset}"}
     return {"experiment": experiment, "gpus": 1, "inputs": {"eval": f"file://{evals}"},
-            "outputs": {"predictions": f"file://{out}/predictions.jsonl"}, "spec": {"output_dir": str(out)}}
+            "outputs": {"predictions": f"file://{out}/predictions.jsonl"}, "spec": {"output_uri": f"file://{out}"}}
 
 
 def _run(flywheel_db, monkeypatch, job):

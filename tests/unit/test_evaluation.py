@@ -31,10 +31,15 @@ def call_msg(name, **args):
             "tool_calls": [{"type": "function", "function": {"name": name, "arguments": json.dumps(args)}}]}
 
 
+def hermes(name, **args):
+    """A candidate's raw output in the Hermes/Qwen format the default parser reads."""
+    return "<tool_call>" + json.dumps({"name": name, "arguments": args}) + "</tool_call>"
+
+
 def row(i, label, message, text=None, split="eval"):
     request = {"messages": [{"role": "user", "content": text or f"request {i}"}],
                "tools": [{"type": "function", "function": {"name": "refund"}}]}
-    return {"id": f"logs.jsonl:{i}", "split": split, "label": label, "request": request, "prompt": f"prompt {i}",
+    return {"id": f"logs.jsonl:{i}", "split": split, "label": label, "request": request,
             "response": {"choices": [{"message": message}], "usage": {"prompt_tokens": 200, "completion_tokens": 20}}}
 
 
@@ -56,11 +61,11 @@ def router_case():
     rows, preds = [], {}
     for i in range(4):
         rows.append(row(i, "refund", call_msg("refund", order_id=f"A-{i}")))
-        preds[f"logs.jsonl:{i}"] = Prediction(id=f"logs.jsonl:{i}", output=f'call refund {{"order_id": "A-{i}"}}')
+        preds[f"logs.jsonl:{i}"] = Prediction(id=f"logs.jsonl:{i}", output=hermes("refund", order_id=f"A-{i}"))
     for i in range(4, 8):
         rows.append(row(i, "track_shipment", call_msg("get_order_status", order_id=f"T-{i}")))
         preds[f"logs.jsonl:{i}"] = Prediction(id=f"logs.jsonl:{i}",
-                                              output=f'call track_shipment {{"order_id": "T-{i}"}}')
+                                              output=hermes("track_shipment", order_id=f"T-{i}"))
     rows.append(row(99, "refund", call_msg("refund", order_id="A-99"), split="train"))
     return rows, preds
 
@@ -100,7 +105,7 @@ def test_gold_items_change_the_verdict_where_production_is_wrong():
 
 def test_worst_slice_below_the_floor_is_held_back_with_the_reason():
     rows, preds = router_case()
-    preds["logs.jsonl:0"] = Prediction(id="logs.jsonl:0", output='call cancel {"order_id": "A-0"}')
+    preds["logs.jsonl:0"] = Prediction(id="logs.jsonl:0", output=hermes("cancel", order_id="A-0"))
     for r in rows:
         if r["label"] == "track_shipment":
             r["response"]["choices"][0]["message"] = call_msg("track_shipment", order_id=f"T-{r['id'].split(':')[1]}")
@@ -167,7 +172,7 @@ class _WordEmbedder:
 def test_free_text_arguments_go_to_the_judge_structured_ones_do_not():
     rows = [row(0, "reply", call_msg("reply", ticket=7, message="We have refunded your card in full today"))]
     preds = {"logs.jsonl:0": Prediction(id="logs.jsonl:0",
-                                        output='call reply {"ticket": "7", "message": "We refunded your card today"}')}
+                                        output=hermes("reply", ticket="7", message="We refunded your card today"))}
     seen = []
 
     def judge(items):

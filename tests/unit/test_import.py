@@ -271,7 +271,7 @@ def test_artifact_jsonl_writers_and_readers_agree_on_line_ends(tmp_path):
     (tmp_path / "predictions.jsonl").write_text(
         json.dumps({"id": "a", "output": "x\u2028y"}, ensure_ascii=False) + "\n" + json.dumps({"id": "b", "output": "z"})
         + "\n", encoding="utf-8")
-    assert {k: p.output for k, p in load_predictions(tmp_path).items()} == {"a": "x\u2028y", "b": "z"}
+    assert {k: p.output for k, p in load_predictions(f"file://{tmp_path}").items()} == {"a": "x\u2028y", "b": "z"}
 
 
 def test_the_curate_task_streams_from_the_store_to_a_dataset(flywheel_db, tmp_path, monkeypatch):

@@ -18,7 +18,6 @@ import pytest
 from flywheel.adapters import deployments
 from flywheel.adapters.serving import ServingClient, ServingError
 from flywheel.deploy import DeploymentError, RollbackRefused
-from flywheel.prompts import ROLE_MARKERS
 
 MESSAGES = [{"role": "system", "content": "Route the customer message."},
             {"role": "user", "content": "where is my order A-100234?"}]
@@ -36,9 +35,9 @@ def _build_base(path, hidden: int) -> None:
     import torch
 
     torch.manual_seed(0)
-    texts = ["where is my order A-100234?", "call get_order_status {\"order_id\": \"A-1\"}",
+    texts = ["where is my order A-100234?", "<tool_call>{\"name\": \"get_order_status\", \"arguments\": {}}</tool_call>",
              "Route the customer message.", "hello there, how can I help you today?"] * 5
-    tok = train_tokenizer(texts, 300, list(ROLE_MARKERS), 128)
+    tok = train_tokenizer(texts, 300, 128)  # the students' tokenizer, with their chat template
     model = build_model(tok, hidden=hidden, layers=1, heads=2, max_seq_len=128)
     model.save_pretrained(path)
     tok.save_pretrained(path)

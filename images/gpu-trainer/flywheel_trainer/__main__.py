@@ -1,14 +1,16 @@
 """flywheel-trainer: the GPU job entrypoint of the data flywheel.
 
   python -m flywheel_trainer pretrain --corpus corpus.jsonl --out DIR [--hidden 192 --layers 3 ...]
-      build a tiny Llama student locally (BPE tokenizer + pre-training on a generic corpus)
+      build a tiny Llama student locally (BPE tokenizer, its own chat template, pre-training on a
+      generic corpus of conversations rendered through that template)
   python -m flywheel_trainer run --spec spec.json       (local backend: a file)
   python -m flywheel_trainer run --spec-json '{...}'    (Kubernetes pod: one argument, no shell)
       [--result-file /airflow/xcom/return.json]         (the pod's result, read back by Airflow)
       one experiment: base / icl (generate only) or lora (fine-tune an adapter, then generate)
 
 Exit status: 0 done, 2 invalid arguments / spec / input file (one line on stderr says which field
-and how to fix it), 1 any other failure (with its traceback).
+and how to fix it), 3 out of accelerator memory even at a micro-batch of one (the line names the
+settings to change), 1 any other failure (with its traceback).
 """
 
 from __future__ import annotations
@@ -27,21 +29,21 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pretrain", help="build and pre-train a tiny local student model",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--corpus", type=Path, required=True, help="JSONL of {\"text\": ...}")
+    p.add_argument("--corpus", type=Path, required=True,
+                   help="JSONL of conversations {\"messages\": [...], \"tools\": [...]} (or {\"text\": ...})")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--hidden", type=int, default=192)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--vocab", type=int, default=2000, help="BPE vocabulary size (at most)")
-    # 512 = the flywheel's generation.max_seq_len: prompt + answer must fit the position embeddings.
-    p.add_argument("--max-seq-len", type=int, default=512, help="max_position_embeddings of the model")
-    p.add_argument("--block", type=int, default=128, help="tokens per packed training row")
+    # Prompt + answer must fit the position embeddings: production-like prompts (five tool schemas)
+    # take ~350 tokens of the student, in-context examples more.
+    p.add_argument("--max-seq-len", type=int, default=1024, help="max_position_embeddings of the model")
+    p.add_argument("--block", type=int, default=512, help="tokens per packed training row")
     p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=4, help="packed rows per step")
+    p.add_argument("--batch-size", type=int, default=2, help="packed rows per step")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--special-tokens", default="<system>,<tools>,<user>,<assistant>",
-                   help="comma-separated role markers; each becomes one token")
     p = sub.add_parser("run", help="run one experiment job")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--spec", type=Path, help="path of the job spec JSON")
@@ -59,19 +61,18 @@ def main(argv: list[str] | None = None) -> int:
             from flywheel_trainer.tiny_lm import pretrain
 
             if not args.corpus.is_file():
-                raise SpecError(f"--corpus {args.corpus} does not exist; give a JSONL file of {{\"text\": ...}}")
+                raise SpecError(f"--corpus {args.corpus} does not exist; give a JSONL file of conversations")
             for name in ("hidden", "layers", "heads", "vocab", "max_seq_len", "block", "steps", "batch_size"):
                 if getattr(args, name) < 1:
                     raise SpecError(f"--{name.replace('_', '-')} must be >= 1")
             pretrain(corpus=args.corpus, out=args.out, hidden=args.hidden, layers=args.layers,
                      heads=args.heads, vocab=args.vocab, max_seq_len=args.max_seq_len, block=args.block,
-                     steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                     special_tokens=[t.strip() for t in args.special_tokens.split(",") if t.strip()])
+                     steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
             return 0
+        source = f"--spec {args.spec}" if args.spec else "--spec-json"
         try:
             raw = json.loads(args.spec.read_text(encoding="utf-8")) if args.spec else json.loads(args.spec_json)
         except (OSError, ValueError) as exc:
-            source = f"--spec {args.spec}" if args.spec else "--spec-json"
             raise SpecError(f"cannot read the job spec from {source}: {exc}") from exc
         from flywheel_trainer.job import run_job
 
@@ -83,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except Exception as exc:
+        from flywheel_trainer.finetune import TrainingOutOfMemory
+
+        if isinstance(exc, TrainingOutOfMemory):
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return 3
+        raise
 
 
 if __name__ == "__main__":

@@ -1,175 +1,189 @@
-"""The job spec the flywheel hands to the trainer (one JSON object), validated before any work.
+"""The GPU job spec: one typed model that the Airflow side builds and the trainer validates.
+
+This module imports neither torch nor transformers (only pydantic), so the flywheel's domain and
+Airflow workers import it as they are: it is the one definition of the strategies and the LoRA
+defaults (the flywheel config reads them from here). Inputs and outputs are URIs: a local path,
+``file://``, ``s3://``, ``gs://`` or any scheme fsspec knows.
 
 Errors name the field and the fix, because the person reading them is looking at an Airflow task
-log, not at this code.
+log, not at this code: :func:`parse_spec` turns pydantic's errors into one :class:`SpecError` line.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-STRATEGIES = ("base", "icl", "lora")
-KNOWN_FIELDS = {"job_name", "strategy", "model_path", "train_file", "val_file", "eval_file", "output_dir", "lora",
-                "generation", "max_seq_len", "seed"}
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SPEC_VERSION = 2
+STRATEGIES: tuple[str, ...] = ("base", "icl", "lora")
+Strategy = Literal["base", "icl", "lora"]
 
 
 class SpecError(ValueError):
-    """An invalid job spec, argument or input file; the message is the whole user-facing error."""
+    """An invalid job spec, argument or input; the message is the whole user-facing error."""
 
 
-@dataclass(frozen=True)
-class LoraSpec:
-    adapter_dim: int = 32
-    adapter_alpha: int | None = None  # default: 2 x adapter_dim
-    dropout: float = 0.1
-    epochs: int = 2
-    batch_size: int = 16
-    learning_rate: float = 1e-4
-    target_modules: str | list[str] = "all-linear"  # peft's name for every linear projection but lm_head
+class _Strict(BaseModel):
+    # strict: "epochs": true or "2" is a mistake, not 1 or 2; extra=forbid: a misspelt key is an error.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
-@dataclass(frozen=True)
-class JobSpec:
-    job_name: str
-    strategy: str
-    model_path: Path
-    eval_file: Path
-    output_dir: Path
-    train_file: Path | None = None
-    val_file: Path | None = None
+class LoraSpec(_Strict):
+    """LoRA SFT hyper-parameters. The defaults are the flywheel's production defaults."""
+
+    adapter_dim: int = Field(32, ge=1, description="the LoRA rank r")
+    adapter_alpha: int | None = Field(None, ge=1, description="LoRA alpha; default 2 x adapter_dim")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(16, ge=1, description="examples per optimizer step (the effective batch)")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="examples per forward pass; gradients accumulate over "
+        "ceil(batch_size / micro_batch_size) passes to reach batch_size (default: batch_size)")
+    learning_rate: float = Field(1e-4, gt=0.0)
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        "all-linear", description='"all-linear" (every linear projection but lm_head) or module names')
+    packing: bool = Field(True, description="padding-free packing of examples where the model supports it")
+
+    @model_validator(mode="after")
+    def _check(self) -> LoraSpec:
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise ValueError("'target_modules' is an empty list: give module names or \"all-linear\"")
+        return self
+
+    @property
+    def alpha(self) -> int:
+        return self.adapter_alpha or 2 * self.adapter_dim
+
+    @property
+    def micro_batch(self) -> int:
+        return min(self.micro_batch_size or self.batch_size, self.batch_size)
+
+    @property
+    def accumulation_steps(self) -> int:
+        return -(-self.batch_size // self.micro_batch)
+
+
+class IclSpec(_Strict):
+    """In-context examples: how many, and how many prompt tokens they may take at most."""
+
+    budget_tokens: int = Field(320, ge=0)
+    max_examples: int = Field(4, ge=0)
+
+
+class GenerationSpec(_Strict):
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1, description="prompts per generate() call on the transformers backend")
+
+
+class JobSpec(_Strict):
+    """One experiment: (fine-tune, then) generate answers for the eval items."""
+
+    # A newer flywheel may send fields this trainer does not know: they are reported, not fatal.
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+    spec_version: int = SPEC_VERSION
+    job_name: str = "flywheel-job"
+    candidate: str = Field("candidate", description="the candidate's key in the flywheel config (candidates.<name>)")
+    strategy: Strategy
+    model_uri: str = Field(min_length=1, description="the model directory: a local path or a URI "
+                           "(config key candidates.<name>.model_path)")
+    eval_uri: str = Field(min_length=1, description="JSONL of the eval items")
+    train_uri: str | None = Field(None, description="JSONL of training examples (lora)")
+    val_uri: str | None = Field(None, description="JSONL of validation examples (lora, optional)")
+    output_uri: str = Field(min_length=1, description="where predictions, metrics and the adapter go")
     lora: LoraSpec | None = None
-    max_new_tokens: int = 64
-    max_seq_len: int = 512
-    seed: int = 42
-    ignored_fields: tuple[str, ...] = ()
+    icl: IclSpec = IclSpec()
+    generation: GenerationSpec = GenerationSpec()
+    max_seq_len: int = Field(512, ge=2, description="prompt + answer tokens at most")
+    seed: int = Field(42, ge=0)
+    checkpoint_steps: int | None = Field(
+        None, ge=1, description="lora: a checkpoint every N optimizer steps (and at every epoch end) for restarts")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lora_defaults(cls, data: Any) -> Any:
+        # A lora job without a lora section trains with the defaults.
+        if isinstance(data, dict) and data.get("strategy") == "lora" and data.get("lora") is None:
+            return {**data, "lora": {}}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> JobSpec:
+        if self.strategy == "lora" and not self.train_uri:
+            raise ValueError("'train_uri' is missing: strategy 'lora' needs a JSONL file of training examples")
+        if self.generation.max_new_tokens >= self.max_seq_len:
+            raise ValueError(f"'generation.max_new_tokens' ({self.generation.max_new_tokens}) must be smaller "
+                             f"than 'max_seq_len' ({self.max_seq_len}), or no prompt token fits")
+        return self
+
+    @property
+    def ignored_fields(self) -> list[str]:
+        return sorted(self.model_extra or {})
+
+    def to_json(self) -> str:
+        return self.model_dump_json(exclude_none=True)
 
 
-def _path(raw: dict, key: str, *, required: bool, must_exist: bool = True) -> Path | None:
-    value = raw.get(key)
-    if value in (None, ""):
-        if required:
-            raise SpecError(f"spec field '{key}' is missing: set it to an absolute path")
-        return None
-    if not isinstance(value, str):
-        raise SpecError(f"spec field '{key}' must be a path string, not {type(value).__name__}")
-    if value.startswith("file://"):
-        value = value[len("file://"):]
-    if "://" in value:
-        raise SpecError(f"spec field '{key}' is {value!r}: the trainer reads local paths only; "
-                        "stage object-storage inputs to the pod's volume and pass that path")
-    path = Path(value)
-    if must_exist and not path.exists():
-        raise SpecError(f"spec field '{key}': {path} does not exist; fix the path or create the file first")
-    return path
+class ChatItem(BaseModel):
+    """One line of an eval / train / val input: OpenAI-shaped messages and tools, as logged.
+
+    Eval items are the request (the model answers it); training examples end with the assistant's
+    answer. ``examples`` (eval items of an icl job) are in-context example conversations, most
+    similar first; the job keeps those that fit ``icl.budget_tokens`` with the candidate's tokenizer.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = Field(min_length=1)
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    tools: list[dict[str, Any]] | None = None
+    examples: list[list[dict[str, Any]]] = []
 
 
-def _number(section: str, raw: dict, key: str, kind: type, default: Any, *, minimum: float,
-            exclusive: bool = False, maximum: float | None = None) -> Any:
-    value = raw.get(key, default)
-    if value is None:
-        return default
-    # bool is an int in Python; "epochs": true is a mistake, not 1.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-        raise SpecError(f"spec field '{section}{key}' must be a{'n integer' if kind is int else ' number'}, "
-                        f"not {value!r}")
-    value = kind(value)
-    too_low = value <= minimum if exclusive else value < minimum
-    if too_low or (maximum is not None and value >= maximum):
-        bound = f"> {minimum}" if exclusive else f">= {minimum}"
-        raise SpecError(f"spec field '{section}{key}' is {value}; it must be {bound}"
-                        + (f" and < {maximum}" if maximum is not None else ""))
-    return value
+class Prediction(BaseModel):
+    """One line of predictions.jsonl: the raw generated text (tool calls are parsed on the Airflow
+    side, per model family) with its token counts and latency."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    output: str
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    latency_s: float = Field(ge=0.0, description="seconds until this item's answer was complete")
+    icl_examples: int = Field(0, ge=0, description="in-context examples that fit in the prompt")
+    skipped: str | None = Field(None, description="why no answer was generated (e.g. longer than the context)")
 
 
-def _lora(raw: Any) -> LoraSpec:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise SpecError("spec field 'lora' must be an object like {\"adapter_dim\": 32, \"epochs\": 2}")
-    known = {f.name for f in fields(LoraSpec)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise SpecError(f"spec field 'lora' has unknown key(s) {unknown}; known keys: {sorted(known)}")
-    target = raw.get("target_modules", "all-linear")
-    if not (isinstance(target, str) or (isinstance(target, list) and target and all(isinstance(t, str) for t in target))):
-        raise SpecError("spec field 'lora.target_modules' must be \"all-linear\" or a list of module names")
-    d = LoraSpec()
-    return LoraSpec(
-        adapter_dim=_number("lora.", raw, "adapter_dim", int, d.adapter_dim, minimum=1),
-        adapter_alpha=_number("lora.", raw, "adapter_alpha", int, None, minimum=1),
-        dropout=_number("lora.", raw, "dropout", float, d.dropout, minimum=0.0, maximum=1.0),
-        epochs=_number("lora.", raw, "epochs", int, d.epochs, minimum=1),
-        batch_size=_number("lora.", raw, "batch_size", int, d.batch_size, minimum=1),
-        learning_rate=_number("lora.", raw, "learning_rate", float, d.learning_rate, minimum=0.0, exclusive=True),
-        target_modules=target,
-    )
+def _describe(error: dict[str, Any]) -> str:
+    field = ".".join(str(p) for p in error["loc"])
+    kind, message = error["type"], error["msg"]
+    if not field:  # a check across fields: its message names them
+        return message.removeprefix("Value error, ")
+    if kind == "missing":
+        return f"spec field '{field}' is missing"
+    if kind == "extra_forbidden":
+        return f"spec field '{field}' is not a known key; remove it or check its spelling"
+    return f"spec field '{field}' is {error['input']!r}: {message.removeprefix('Value error, ')}"
+
+
+def spec_error(exc: ValidationError) -> SpecError:
+    """One line per problem, each naming the field and what it must be."""
+    return SpecError("; ".join(_describe(e) for e in exc.errors(include_url=False)))
 
 
 def parse_spec(raw: Any) -> JobSpec:
+    """A JobSpec from a JSON object (a dict or its text); SpecError names every bad field."""
+    if isinstance(raw, (str, bytes)):
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            raise SpecError(f"the job spec is not valid JSON ({exc})") from exc
     if not isinstance(raw, dict):
         raise SpecError("the job spec must be a JSON object")
-    strategy = raw.get("strategy")
-    if strategy not in STRATEGIES:
-        raise SpecError(f"spec field 'strategy' is {strategy!r}; use one of: {', '.join(STRATEGIES)}")
-    model_path = _path(raw, "model_path", required=True)
-    assert model_path is not None
-    if not (model_path / "config.json").is_file():
-        raise SpecError(f"spec field 'model_path': {model_path} has no config.json; point it at a directory "
-                        "written by save_pretrained (or built with `flywheel_trainer pretrain`)")
-    lora = None
-    if strategy == "lora":
-        if not raw.get("train_file"):
-            raise SpecError("spec field 'train_file' is missing: strategy 'lora' needs a JSONL file of "
-                            "{\"prompt\", \"completion\"} training examples")
-        lora = _lora(raw.get("lora"))
-    generation = raw.get("generation") or {}
-    if not isinstance(generation, dict):
-        raise SpecError("spec field 'generation' must be an object like {\"max_new_tokens\": 64}")
-    max_seq_len = _number("", raw, "max_seq_len", int, 512, minimum=2)
-    max_new_tokens = _number("generation.", generation, "max_new_tokens", int, 64, minimum=1)
-    if max_new_tokens >= max_seq_len:
-        raise SpecError(f"spec field 'generation.max_new_tokens' ({max_new_tokens}) must be smaller than "
-                        f"'max_seq_len' ({max_seq_len}), or no prompt token fits")
-    eval_file = _path(raw, "eval_file", required=True)
-    output_dir = _path(raw, "output_dir", required=True, must_exist=False)
-    assert eval_file is not None and output_dir is not None
-    if output_dir.exists() and not output_dir.is_dir():
-        raise SpecError(f"spec field 'output_dir': {output_dir} is a file; give a directory")
-    return JobSpec(
-        job_name=str(raw.get("job_name") or "flywheel-job"),
-        strategy=strategy,
-        model_path=model_path,
-        eval_file=eval_file,
-        output_dir=output_dir,
-        # Only a lora job reads them; a base/icl spec may carry them and they are not checked.
-        train_file=_path(raw, "train_file", required=False) if strategy == "lora" else None,
-        val_file=_path(raw, "val_file", required=False) if strategy == "lora" else None,
-        lora=lora,
-        max_new_tokens=max_new_tokens,
-        max_seq_len=max_seq_len,
-        seed=_number("", raw, "seed", int, 42, minimum=0),
-        # Newer flywheel versions may send more fields; say so in the log instead of failing the job.
-        ignored_fields=tuple(sorted(set(raw) - KNOWN_FIELDS)),
-    )
-
-
-def read_jsonl(path: Path, required: tuple[str, ...], *, field: str) -> list[dict[str, Any]]:
-    """Rows of a JSONL input; `field` is the spec field that named the file (for the error)."""
-    rows = []
-    # Split on "\n" only: str.splitlines() also splits inside a record at U+2028, U+0085, a bare CR...
-    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise SpecError(f"spec field '{field}': line {n} of {path} is not valid JSON ({exc})") from exc
-        missing = [k for k in required if not isinstance(row, dict) or not isinstance(row.get(k), str)]
-        if missing:
-            raise SpecError(f"spec field '{field}': line {n} of {path} lacks string field(s) {missing}; "
-                            f"each line must be a JSON object with {list(required)}")
-        rows.append(row)
-    return rows
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise spec_error(exc) from None

@@ -11,41 +11,49 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from flywheel.adapters import object_storage as artifacts
-from flywheel.config import Candidate, FlywheelConfig, LoraParams
+from flywheel.config import Candidate, FlywheelConfig
 from flywheel.costs import WorkloadTraffic
 from flywheel.evaluation import Evaluation, Prediction, Scorer, evaluate
+from flywheel.experiments import ExperimentSpec
 from flywheel.gold import GoldIndex
-from flywheel.experiments import TRAINER_SPEC_VERSION, ExperimentSpec
 from flywheel.gpu_job import GpuJob
+from flywheel_trainer.spec import SPEC_VERSION, GenerationSpec, IclSpec, JobSpec
 
 
 def _split(rows: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [r for r in rows if r["split"] == name]
 
 
-def build_eval_prompts(spec: ExperimentSpec, rows: list[dict[str, Any]], cfg: FlywheelConfig, candidate: Candidate,
-                       embedder) -> list[str]:
+# Ranked in-context candidates handed to the job per eval item; it keeps those that fit the budget.
+ICL_CANDIDATES_PER_EXAMPLE = 4
+
+
+def build_eval_items(spec: ExperimentSpec, rows: list[dict[str, Any]], cfg: FlywheelConfig,
+                     embedder) -> list[dict[str, Any]]:
+    """The trainer's eval items: each request as chat messages and tools; for ``icl``, the most
+    similar training records as candidate example turns, most similar first."""
+    from flywheel.prompts import eval_item, icl_example, request_key, similarity_text
+
     eval_rows = _split(rows, "eval")
-    prompts = [r["prompt"] for r in eval_rows]
-    if spec.strategy != "icl":
-        return prompts
-    from flywheel.icl import select_for_eval, token_counter
+    items = [eval_item(r) for r in eval_rows]
+    if spec.strategy != "icl" or cfg.icl_max_examples <= 0 or cfg.icl_budget_tokens <= 0:
+        return items
+    from flywheel.icl import rank_for_eval
 
     pool = _split(rows, "train")
-    return select_for_eval(
-        prompts,
-        [r["prompt"] for r in pool],
-        [r["completion"] for r in pool],
+    ranked = rank_for_eval(
+        [similarity_text(r["request"]) for r in eval_rows],
+        [request_key(r["request"]) for r in eval_rows],
+        [similarity_text(r["request"]) for r in pool],
+        [request_key(r["request"]) for r in pool],
         embedder,
-        token_counter(candidate.model_path),
-        cfg.icl_budget_tokens,
-        cfg.icl_max_examples,
+        k=cfg.icl_max_examples * ICL_CANDIDATES_PER_EXAMPLE,
     )
+    return [{**item, "examples": [icl_example(pool[i]) for i in order]} for item, order in zip(items, ranked)]
 
 
 def build_job(spec: ExperimentSpec, cfg: FlywheelConfig, embedder=None,
@@ -57,54 +65,47 @@ def build_job(spec: ExperimentSpec, cfg: FlywheelConfig, embedder=None,
     items, under ``anchor:`` ids, for the regression guard.
     """
     from flywheel.adapters.anchors import with_anchors
+    from flywheel.prompts import train_item
 
     candidate = cfg.candidates[spec.candidate]
     rows = artifacts.read_jsonl(spec.dataset_uri)
     if anchors:
         rows = with_anchors(rows, anchors)
-    eval_rows = _split(rows, "eval")
-    prompts = build_eval_prompts(spec, rows, cfg, candidate, embedder)
-    inputs = {
-        "eval": artifacts.put_jsonl(
-            "inputs", [{"id": r["id"], "prompt": p} for r, p in zip(eval_rows, prompts)], run_key=spec.run_key
-        )
-    }
-    lora: LoraParams | None = None
-    if spec.strategy == "lora":
-        lora = cfg.lora_for_profile(spec.training_profile)
+    inputs = {"eval": artifacts.put_jsonl("inputs", build_eval_items(spec, rows, cfg, embedder), run_key=spec.run_key)}
+    lora = cfg.lora_for_profile(spec.training_profile) if spec.strategy == "lora" else None
+    if lora is not None:
         for split in ("train", "val"):
             inputs[split] = artifacts.put_jsonl(
-                "inputs",
-                [{"prompt": r["prompt"], "completion": r["completion"]} for r in _split(rows, split)],
-                run_key=spec.run_key,
+                "inputs", [train_item(r) for r in _split(rows, split)], run_key=spec.run_key
             )
-    fingerprint = {
-        "version": TRAINER_SPEC_VERSION,
-        "model": _model_fingerprint(candidate.model_path),
-        "strategy": spec.strategy,
-        "inputs": {k: v.rsplit("/", 1)[-1] for k, v in inputs.items()},  # content hashes
-        "lora": asdict(lora) if lora else None,
-        "max_new_tokens": cfg.max_new_tokens,
-        "max_seq_len": cfg.max_seq_len,
-        "seed": cfg.seed,
-    }
-    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
     # This run's own folder (never shared with an overlapping run); an identical earlier job is
     # reused by copying its outputs here (flywheel.adapters.object_storage.reuse_output).
     output_uri = artifacts.experiment_uri(spec.run_key, f"{spec.workload_id}|{spec.candidate}|{spec.strategy}")
-    trainer_spec = {
-        "job_name": spec.label,
-        "strategy": spec.strategy,
-        "model_path": candidate.model_path,
-        "train_file": inputs.get("train"),
-        "val_file": inputs.get("val"),
-        "eval_file": inputs["eval"],
-        "output_dir": output_uri,
-        "lora": {**asdict(lora), "target_modules": "all-linear"} if lora else None,
-        "generation": {"max_new_tokens": cfg.max_new_tokens},
-        "max_seq_len": cfg.max_seq_len,
-        "seed": cfg.seed,
+    trainer_spec = JobSpec(
+        job_name=spec.label,
+        candidate=spec.candidate,
+        strategy=spec.strategy,
+        model_uri=candidate.model_path,
+        eval_uri=inputs["eval"],
+        train_uri=inputs.get("train"),
+        val_uri=inputs.get("val"),
+        output_uri=output_uri,
+        lora=lora,
+        icl=IclSpec(budget_tokens=cfg.icl_budget_tokens, max_examples=cfg.icl_max_examples),
+        generation=GenerationSpec(max_new_tokens=cfg.max_new_tokens),
+        max_seq_len=candidate.max_seq_len or cfg.max_seq_len,
+        seed=cfg.seed,
+    )
+    # Everything that determines the outputs (not where they go): an identical job in another run
+    # reuses them.
+    fingerprint = {
+        "version": SPEC_VERSION,
+        "model": _model_fingerprint(candidate.model_path),
+        "inputs": {k: v.rsplit("/", 1)[-1] for k, v in inputs.items()},  # content hashes
+        "spec": trainer_spec.model_dump(mode="json", exclude={"job_name", "output_uri", "model_uri", "eval_uri",
+                                                              "train_uri", "val_uri", "checkpoint_steps"}),
     }
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
     job = GpuJob(
         name=spec.label,
         image=candidate.image,
@@ -119,17 +120,26 @@ def build_job(spec: ExperimentSpec, cfg: FlywheelConfig, embedder=None,
             "flywheel.io/candidate": spec.candidate,
             "flywheel.io/strategy": spec.strategy,
         },
-        spec=trainer_spec,
+        spec=trainer_spec.model_dump(mode="json", exclude_none=True),
     )
     return {"experiment": spec.to_dict(), "fingerprint": digest, **job.to_dict()}
 
 
 def _model_fingerprint(model_path: str) -> str:
-    """Changes when the candidate's weights are rebuilt, so stale outputs are not reused."""
+    """Changes when the candidate's weights change, so stale outputs are not reused: the student's
+    build record, else the config and weight files' identities (size and mtime, or ETag)."""
     meta = Path(model_path) / "flywheel_model.json"
-    if meta.exists():
+    if "://" not in model_path and meta.exists():
         return hashlib.sha256(meta.read_bytes()).hexdigest()
-    return model_path
+    try:
+        root = artifacts.ObjectStoragePath(model_path if "://" in model_path else f"file://{model_path}")
+        entries = sorted(
+            (e["name"].rsplit("/", 1)[-1], e.get("size"), str(e.get("ETag") or e.get("mtime") or e.get("LastModified")))
+            for e in root.fs.ls(root.path, detail=True)
+            if e["name"].endswith((".json", ".safetensors", ".bin", ".jinja", ".model")))
+    except (OSError, ValueError):
+        return model_path  # unreadable here (the job reports it with the config key)
+    return hashlib.sha256(json.dumps([model_path, entries], default=str).encode()).hexdigest()
 
 
 def output_dir(job: dict[str, Any]) -> str:
@@ -162,31 +172,50 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
+def _fallback_token_counter(model_path: str):
+    """Counts tokens with the candidate's tokenizer.json (no torch), or words when the model is not
+    local: only for predictions written without the trainer's own token counts."""
+    tokenizer_file = Path(model_path) / "tokenizer.json"
+    if "://" in model_path or not tokenizer_file.is_file():
+        return lambda text: len(text.split())
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
 def evaluate_job_output(spec: ExperimentSpec, job: dict[str, Any], cfg: FlywheelConfig, scorer: Scorer, *,
                         gold: GoldIndex | None = None, window: tuple[int, float] | None = None,
                         training_gpu_seconds: float | None = None) -> tuple[Evaluation, WorkloadTraffic | None]:
     """Load what the GPU job read and wrote, then score and price it.
 
+    The raw outputs are parsed with the candidate's tool-call parser (its model family).
     ``window`` = (the workload's requests in the run's data interval, the interval in days): with
     the production usage logged in the dataset's responses, the base of the savings figures.
     """
-    from flywheel.costs import workload_traffic
-    from flywheel.icl import token_counter
+    from functools import partial
 
+    from flywheel.costs import workload_traffic
+    from flywheel.toolcalls import parse_output
+
+    candidate = cfg.candidates[spec.candidate]
     rows = artifacts.read_jsonl(spec.dataset_uri)
     traffic = None
     if window is not None and window[1] > 0:
         traffic = workload_traffic(spec.workload_id, (r.get("response") for r in rows), requests_in_window=window[0],
                                    window_days=window[1], prices=cfg.production_prices)
-    eval_prompts = {str(r["id"]): r["prompt"] for r in artifacts.read_jsonl(job["inputs"]["eval"])}
     predictions = load_predictions(output_dir(job))
     counter = None
+    eval_prompts: dict[str, str] = {}
+    if any(p.prompt_tokens is None or p.completion_tokens is None for p in predictions.values()):
+        eval_prompts = {str(r["id"]): json.dumps([r.get("messages"), r.get("tools")], ensure_ascii=False)
+                        for r in artifacts.read_jsonl(job["inputs"]["eval"])}
 
     def count_tokens(text: str) -> int:
         # Loaded only when a prediction lacks the generator's own token counts.
         nonlocal counter
         if counter is None:
-            counter = token_counter(cfg.candidates[spec.candidate].model_path)
+            counter = _fallback_token_counter(candidate.model_path)
         return counter(text)
 
     evaluation = evaluate(
@@ -200,5 +229,6 @@ def evaluate_job_output(spec: ExperimentSpec, job: dict[str, Any], cfg: Flywheel
         gold=gold,
         traffic=traffic,
         training_gpu_seconds=training_gpu_seconds,
+        parse=partial(parse_output, family=candidate.tool_call_parser),
     )
     return evaluation, traffic

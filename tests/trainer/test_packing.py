@@ -1,0 +1,117 @@
+"""Padding-free packing and the answer-only loss, checked against the model's own loss."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from flywheel_trainer.packing import collate_packed, collate_padded, first_fit_decreasing, pack_rows
+
+
+def test_first_fit_decreasing_respects_the_capacity_and_keeps_every_item():
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 40) for _ in range(200)]
+    bins = first_fit_decreasing(lengths, 64)
+    assert sorted(i for b in bins for i in b) == list(range(200))
+    assert all(sum(lengths[i] for i in b) <= 64 for b in bins)
+    assert len(bins) <= 1.25 * sum(lengths) / 64 + 1  # close to the minimum number of rows
+    assert first_fit_decreasing([100, 5], 64) == [[0], [1]]  # too long for a row: a row of its own
+
+
+def _model(kind: str):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = getattr(transformers, kind)(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+def _examples(n: int, seed: int):
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        prompt, answer = rng.randint(3, 20), rng.randint(1, 8)
+        ids = [rng.randint(3, 96) for _ in range(prompt + answer)]
+        out.append((ids, [-100] * prompt + ids[prompt:]))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["LlamaConfig", "Qwen2Config"])
+def test_packed_padded_and_one_by_one_losses_agree(kind):
+    import torch
+
+    from flywheel_trainer.finetune import answer_loss, packing_supported
+
+    model = _model(kind)
+    examples = _examples(6, seed=1)
+    with torch.no_grad():
+        packed = collate_packed(pack_rows(examples, capacity=40), pad_id=0)
+        assert packed["input_ids"].shape[0] < len(examples)  # several examples share a row
+        padded = collate_padded(examples, pad_id=0)
+        lp = answer_loss(model, {k: v for k, v in packed.items() if k != "labels"}, packed["labels"])
+        la = answer_loss(model, {k: v for k, v in padded.items() if k != "labels"}, padded["labels"])
+        # The model's own loss, one example at a time, weighted by answer tokens.
+        total = n = 0
+        for ids, labels in examples:
+            out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
+            k = sum(1 for x in labels[1:] if x != -100)
+            total, n = total + out.loss.item() * k, n + k
+    assert lp.item() == pytest.approx(total / n, rel=1e-4)
+    assert la.item() == pytest.approx(total / n, rel=1e-4)
+    assert packing_supported(model, pad_id=0, device="cpu")
+
+
+def test_packing_restarts_positions_and_masks_the_seams():
+    (a_ids, a_lab), (b_ids, b_lab) = ([1, 2, 3], [-100, 2, 3]), ([4, 5], [4, 5])
+    batch = collate_packed([[(a_ids, a_lab), (b_ids, b_lab)]], pad_id=0)
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    assert batch["labels"].tolist() == [[-100, 2, 3, -100, 5]]  # nothing predicts b's first token from a
+    assert "attention_mask" not in batch
+
+
+def _with_shared_prompt(n: int, seed: int):
+    rng = random.Random(seed)
+    head = [rng.randint(3, 96) for _ in range(24)]  # the system prompt and tools every example has
+    out = []
+    for _ in range(n):
+        user, answer = rng.randint(2, 9), rng.randint(1, 6)
+        ids = head + [rng.randint(3, 96) for _ in range(user + answer)]
+        out.append((ids, [-100] * (24 + user) + ids[24 + user:]))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["LlamaConfig", "Qwen2Config"])
+def test_a_shared_prefix_computed_once_gives_the_same_loss_and_gradients(kind):
+    import torch
+
+    from flywheel_trainer.finetune import answer_loss, shared_prefix_loss, shared_prefix_supported
+    from flywheel_trainer.packing import collate_shared_prefix, shared_prefix_length, worth_sharing
+
+    model = _model(kind)
+    examples = _with_shared_prompt(5, seed=2)
+    prefix = shared_prefix_length(examples)
+    assert prefix == 24 and worth_sharing(examples, prefix)
+
+    def loss_and_grad(fn, batch):
+        model.zero_grad()
+        loss = fn(model, {k: v for k, v in batch.items() if k != "labels"}, batch["labels"])
+        loss.backward()
+        return loss.item(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+
+    shared, g_shared = loss_and_grad(shared_prefix_loss, collate_shared_prefix(examples, prefix, pad_id=0))
+    padded, g_padded = loss_and_grad(answer_loss, collate_padded(examples, pad_id=0))
+    assert shared == pytest.approx(padded, rel=1e-5)
+    assert torch.allclose(g_shared, g_padded, rtol=1e-4, atol=1e-6)
+    assert shared_prefix_supported(model, pad_id=0, device="cpu")
+
+
+def test_no_shared_prefix_when_examples_differ_early_or_a_label_is_inside_it():
+    from flywheel_trainer.packing import shared_prefix_length, worth_sharing
+
+    assert shared_prefix_length([([1, 2, 3], [-100, -100, 3]), ([9, 2, 3], [-100, -100, 3])]) == 0
+    # The answer would start inside the common tokens: the prefix stops before its first label.
+    assert shared_prefix_length([([1, 2, 3, 4], [-100, 2, 3, 4]), ([1, 2, 3, 5], [-100, -100, 3, 5])]) == 0
+    assert not worth_sharing([([1] * 20, [-100] * 20)], 19)  # one example: nothing to share
