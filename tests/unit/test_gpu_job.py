@@ -15,6 +15,7 @@ from kubernetes.client import models as k8s
 from flywheel.gpu_job import GPU_POOL, GpuJob, dns1123_name, label_value
 from flywheel_operators.kubernetes import (XCOM_RESULT, KubernetesGpuJobOperator, KubernetesSettings,
                                            classify_pod_failure, operator_kwargs)
+from flywheel_trainer.spec import JobSpec, LoraSpec
 
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -60,8 +61,12 @@ def _job(workload="tool_router", strategy="lora", gpus=2) -> GpuJob:
         outputs={"predictions": f"{out}/predictions.jsonl", "adapter": f"{out}/adapter"},
         labels={"flywheel.io/run": "flywheel_daily/scheduled__2026-11-29T00:00:00+00:00",
                 "flywheel.io/workload": workload, "flywheel.io/strategy": strategy},
-        spec={"strategy": strategy, "eval_file": "s3://flywheel/runs/r-1/inputs/abc.jsonl", "output_dir": out,
-              "model_path": "/models/tiny-lm-1.6m"},
+        spec=JobSpec(job_name=f"{workload} · tiny-lm-1.6m · {strategy}", candidate="tiny-lm-1.6m", strategy=strategy,
+                     model_uri="/models/tiny-lm-1.6m", eval_uri="s3://flywheel/runs/r-1/inputs/abc.jsonl",
+                     train_uri="s3://flywheel/runs/r-1/inputs/def.jsonl" if strategy == "lora" else None,
+                     val_uri="s3://flywheel/runs/r-1/inputs/0a1.jsonl" if strategy == "lora" else None,
+                     output_uri=out, lora=LoraSpec() if strategy == "lora" else None,
+                     ).model_dump(mode="json", exclude_none=True),
     )
 
 
@@ -133,13 +138,14 @@ def test_hostile_workload_ids_give_valid_distinct_traceable_pods(workload):
 def test_the_job_of_a_real_experiment_builds_a_valid_pod(tmp_path, monkeypatch):
     """Through the real job builder: dataset -> inputs in the store -> GpuJob -> pod."""
     from flywheel.adapters import object_storage
-    from flywheel.adapters.jobs import build_job
+    from flywheel.adapters.jobs import build_job, output_dir
     from flywheel.config import load_config
     from flywheel.experiments import ExperimentSpec
 
     monkeypatch.setenv("FLYWHEEL_ARTIFACTS", f"file://{tmp_path}/artifacts")
-    rows = [{"id": str(i), "split": split, "label": "x", "prompt": f"<user> q{i}\n<assistant>", "completion": f"a{i}",
-             "request": {"messages": [{"role": "user", "content": f"q{i}"}]}, "response": {}}
+    rows = [{"id": str(i), "split": split, "label": "x",
+             "request": {"messages": [{"role": "user", "content": f"q{i}"}]},
+             "response": {"choices": [{"message": {"role": "assistant", "content": f"a{i}"}}]}}
             for i, split in enumerate(["eval"] * 3 + ["train"] * 12 + ["val"] * 2)]
     run_key = "flywheel_daily/scheduled__2026-11-29T00:00:00+00:00"
     dataset = object_storage.put_jsonl("datasets", rows, run_key=run_key)
@@ -147,8 +153,16 @@ def test_the_job_of_a_real_experiment_builds_a_valid_pod(tmp_path, monkeypatch):
         spec = ExperimentSpec(run_key=run_key, workload_id="x'; DROP TABLE runs;--", kind="chat",
                               candidate="tiny-lm-1.6m", strategy=strategy, dataset_uri=dataset)
         job = build_job(spec, load_config())
-        assert job["spec"]["output_dir"].startswith(object_storage.root_uri() + "/runs/")
+        # The job's typed spec: every input and output a run-scoped URI of the store, the output
+        # folder the one the operators read back.
+        trainer_spec = JobSpec.model_validate(job["spec"])
+        assert trainer_spec.output_uri == output_dir(job)
+        assert trainer_spec.output_uri.startswith(object_storage.root_uri() + "/runs/")
+        assert trainer_spec.eval_uri == job["inputs"]["eval"]
+        assert (trainer_spec.lora is not None) == (strategy == "lora") == (trainer_spec.train_uri is not None)
         pod, _ = _manifest(_operator(GpuJob.from_dict(job)))
+        args = pod.spec.containers[0].args
+        assert JobSpec.model_validate_json(args[args.index("--spec-json") + 1]) == trainer_spec
         assert pod.metadata.annotations["flywheel.io/original-workload"] == spec.workload_id
 
 

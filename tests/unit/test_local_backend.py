@@ -100,7 +100,7 @@ def _gone(pid: int, timeout: float = 10.0) -> bool:
 
 def _job(output: str, **spec) -> GpuJob:
     return GpuJob(name="w · c · base", image="x", args=["run"], gpus=1,
-                  outputs={"predictions": f"{output}/predictions.jsonl"}, spec={"output_dir": output, **spec})
+                  outputs={"predictions": f"{output}/predictions.jsonl"}, spec={"output_uri": output, **spec})
 
 
 def test_a_spec_error_fails_without_retry(tmp_path, monkeypatch):
@@ -108,8 +108,8 @@ def test_a_spec_error_fails_without_retry(tmp_path, monkeypatch):
     output = object_storage.experiment_uri("d/r", "w|c|base")
     # The real trainer refuses an unknown strategy with exit status 2, before loading anything.
     with pytest.raises(AirflowFailException, match="exit 2.*strategy"):
-        _operator().run_job(_job(output, strategy="magic", model_path=str(tmp_path), eval_file="x",
-                                 job_name="j"))
+        _operator().run_job(_job(output, strategy="magic", candidate="c", model_uri=str(tmp_path),
+                                 eval_uri="file:///x.jsonl", job_name="j"))
 
 
 def test_complete_outputs_are_not_recomputed(tmp_path, monkeypatch):

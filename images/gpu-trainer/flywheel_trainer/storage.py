@@ -168,6 +168,7 @@ class Output:
         fs, remote = _fs(self.uri_of(name))
         if not fs.exists(remote):
             return False
+        (self.local / name).parent.mkdir(parents=True, exist_ok=True)  # a fresh machine has none of it
         if fs.isdir(remote):
             fs.get(remote.rstrip("/") + "/", str(self.local / name) + "/", recursive=True)
         else:
