@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: demo test install constraints models bench bench-curation bench-parallel stop status approve reject leaderboard clean import
+.PHONY: demo test install constraints models bench bench-curation bench-parallel bench-trainer stop status approve reject leaderboard clean import
 
 demo: install ## set up everything, run the flywheel on demo logs, print the leaderboard
 	$(PY) -m flywheel_local.cli demo
@@ -69,6 +69,10 @@ bench-curation: install ## 100k and 1M records through curation vs the read+pars
 
 bench-parallel: install ## 3 runs at once vs one at a time on a real scheduler, 1,000 mapped tasks (~30 min)
 	$(PY) bench/parallel/run.py
+
+bench-trainer: models ## LoRA trainer vs a plain transformers Trainer; batched vs one-at-a-time generation
+	$(PY) bench/bench_trainer.py
+	$(PY) bench/bench_generation.py
 
 leaderboard:
 	$(PY) -m flywheel_local.cli leaderboard
