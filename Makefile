@@ -70,7 +70,7 @@ bench-curation: install ## 100k and 1M records through curation vs the read+pars
 bench-parallel: install ## 3 runs at once vs one at a time on a real scheduler, 1,000 mapped tasks (~30 min)
 	$(PY) bench/parallel/run.py
 
-bench-trainer: models ## LoRA trainer vs a plain transformers Trainer; batched vs one-at-a-time generation
+bench-trainer: models ## LoRA trainer vs a plain transformers Trainer; batched vs one-at-a-time generation (~2 min on CPU)
 	$(PY) bench/bench_trainer.py
 	$(PY) bench/bench_generation.py
 
