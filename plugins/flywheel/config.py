@@ -62,6 +62,10 @@ class Candidate:
     price_per_1m_tokens: float
     tool_call_parser: str = DEFAULT_PARSER  # the model family's tool-call format (flywheel.toolcalls)
     max_seq_len: int | None = None   # prompt + answer tokens; default generation.max_seq_len
+    # Answer tokens, counted by this candidate's tokenizer; default generation.max_new_tokens. A small
+    # vocabulary spells identifiers out in many tokens: production's answers must fit, or every
+    # long answer is cut off and scores as malformed.
+    max_new_tokens: int | None = None
     build: dict = field(default_factory=dict)
     # Input and output tokens are often priced apart; each defaults to the blended price.
     price_per_1m_input_tokens: float | None = None
@@ -265,6 +269,7 @@ def parse_config(raw: dict) -> FlywheelConfig:
                 price_per_1m_tokens=float(c["price_per_1m_tokens"]),
                 tool_call_parser=str(c.get("tool_call_parser") or DEFAULT_PARSER),
                 max_seq_len=int(c["max_seq_len"]) if c.get("max_seq_len") else None,
+                max_new_tokens=int(c["max_new_tokens"]) if c.get("max_new_tokens") else None,
                 build=dict(c.get("build") or {}),
                 price_per_1m_input_tokens=_opt_float(c.get("price_per_1m_input_tokens")),
                 price_per_1m_output_tokens=_opt_float(c.get("price_per_1m_output_tokens")),
@@ -333,9 +338,10 @@ def parse_config(raw: dict) -> FlywheelConfig:
         if cand.tool_call_parser not in PARSERS:
             raise ConfigError(f"candidates.{cand.name}.tool_call_parser is {cand.tool_call_parser!r}; use one of "
                               f"{sorted(PARSERS)} (the model family's tool-call format)")
-        if cand.max_seq_len is not None and cand.max_seq_len <= cfg.max_new_tokens:
-            raise ConfigError(f"candidates.{cand.name}.max_seq_len must exceed generation.max_new_tokens "
-                              f"({cfg.max_new_tokens})")
+        answer = cand.max_new_tokens or cfg.max_new_tokens
+        if cand.max_seq_len is not None and cand.max_seq_len <= answer:
+            where = f"candidates.{cand.name}.max_new_tokens" if cand.max_new_tokens else "generation.max_new_tokens"
+            raise ConfigError(f"candidates.{cand.name}.max_seq_len must exceed {where} ({answer})")
     for dag in cfg.dags.values():
         for c in dag.candidates:
             if c not in cfg.candidates:

@@ -234,3 +234,35 @@ def test_retries_backoff_and_time_limit_come_from_the_configuration():
 def test_settings_refuse_unknown_keys():
     with pytest.raises(ValueError, match="node_selectors"):
         KubernetesSettings.model_validate({"node_selectors": {}})
+
+
+def test_a_candidate_sets_its_own_answer_budget(tmp_path, monkeypatch):
+    """max_new_tokens counts the candidate's own tokens: a candidate's setting wins over the default,
+    and one that leaves no room for the prompt in its context is refused with the key named."""
+    import yaml
+
+    from flywheel.adapters import object_storage
+    from flywheel.adapters.jobs import build_job
+    from flywheel.config import DEFAULT_CONFIG, ConfigError, load_config, parse_config
+    from flywheel.experiments import ExperimentSpec
+
+    monkeypatch.setenv("FLYWHEEL_ARTIFACTS", f"file://{tmp_path}/artifacts")
+    rows = [{"id": str(i), "split": split, "label": "x",
+             "request": {"messages": [{"role": "user", "content": f"q{i}"}]},
+             "response": {"choices": [{"message": {"role": "assistant", "content": f"a{i}"}}]}}
+            for i, split in enumerate(["eval"] * 3 + ["train"] * 12)]
+    run_key = "flywheel_on_demand/manual__1"
+    dataset = object_storage.put_jsonl("datasets", rows, run_key=run_key)
+    cfg = load_config()
+    spec = ExperimentSpec(run_key=run_key, workload_id="w", kind="chat", candidate="tiny-lm-1.6m",
+                          strategy="base", dataset_uri=dataset)
+    want = cfg.candidates["tiny-lm-1.6m"].max_new_tokens or cfg.max_new_tokens
+    assert JobSpec.model_validate(build_job(spec, cfg)["spec"]).generation.max_new_tokens == want
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw["candidates"]["tiny-lm-1.6m"]["max_new_tokens"] = 200
+    other = parse_config(raw)
+    assert JobSpec.model_validate(build_job(spec, other)["spec"]).generation.max_new_tokens == 200
+    raw["candidates"]["tiny-lm-1.6m"]["max_seq_len"] = 200
+    with pytest.raises(ConfigError, match=r"candidates.tiny-lm-1.6m.max_seq_len must exceed "
+                                          r"candidates.tiny-lm-1.6m.max_new_tokens \(200\)"):
+        parse_config(raw)

@@ -92,7 +92,7 @@ def build_job(spec: ExperimentSpec, cfg: FlywheelConfig, embedder=None,
         output_uri=output_uri,
         lora=lora,
         icl=IclSpec(budget_tokens=cfg.icl_budget_tokens, max_examples=cfg.icl_max_examples),
-        generation=GenerationSpec(max_new_tokens=cfg.max_new_tokens),
+        generation=GenerationSpec(max_new_tokens=candidate.max_new_tokens or cfg.max_new_tokens),
         max_seq_len=candidate.max_seq_len or cfg.max_seq_len,
         seed=cfg.seed,
     )
