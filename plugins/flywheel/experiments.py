@@ -47,7 +47,10 @@ class ExperimentSpec:
 def plan_experiments(
     datasets: list[dict[str, Any]], *, candidate: str, strategies: list[str], training_profile: str | None
 ) -> list[dict[str, Any]]:
-    """One experiment per usable dataset x strategy for one candidate, in a stable order."""
+    """One experiment per usable dataset x strategy for one candidate, in a stable order: the
+    fine-tuning experiments first. The pool hands its slots out in map-index order among equal
+    priorities, and a LoRA job takes many times as long as a zero-shot one: started last, the
+    longest job would run alone at the end while the other slots idle."""
     specs = []
     for ds in sorted((d for d in datasets if d and d.get("usable")), key=lambda d: d["workload_id"]):
         for strategy in strategies:
@@ -62,4 +65,5 @@ def plan_experiments(
                     training_profile=training_profile,
                 ).to_dict()
             )
+    specs.sort(key=lambda spec: spec["strategy"] != "lora")  # stable: workloads stay in order
     return specs

@@ -266,3 +266,16 @@ def test_a_candidate_sets_its_own_answer_budget(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"candidates.tiny-lm-1.6m.max_seq_len must exceed "
                                           r"candidates.tiny-lm-1.6m.max_new_tokens \(200\)"):
         parse_config(raw)
+
+
+def test_fine_tuning_experiments_are_planned_first():
+    """The pool starts mapped jobs in map-index order: the long LoRA jobs go first, so the short
+    zero-shot and ICL jobs fill the other slots instead of leaving a LoRA job to run alone at the end."""
+    from flywheel.experiments import plan_experiments
+
+    datasets = [{"usable": True, "run_key": "r", "workload_id": w, "kind": "chat", "uri": f"file:///{w}"}
+                for w in ("tool_router", "invoice_extraction")] + [{"usable": False, "workload_id": "small"}]
+    specs = plan_experiments(datasets, candidate="c", strategies=["base", "icl", "lora"], training_profile=None)
+    assert [(s["workload_id"], s["strategy"]) for s in specs] == [
+        ("invoice_extraction", "lora"), ("tool_router", "lora"), ("invoice_extraction", "base"),
+        ("invoice_extraction", "icl"), ("tool_router", "base"), ("tool_router", "icl")]
