@@ -143,3 +143,28 @@ def test_a_model_without_a_chat_template_is_a_clear_error_naming_the_candidate()
     tok.chat_template = None
     with pytest.raises(SpecError, match="candidate 'base-model': the model at s3://m/base has no chat template"):
         ChatFormat(tok, candidate="base-model", model_uri="s3://m/base")
+
+
+def test_bpe_dropout_shows_the_pieces_of_long_tokens_in_pre_training():
+    """The students' tokenizer is trained on their small templated corpus, so its tokens are mostly
+    the corpus' whole words: without dropout their pieces never occur in pre-training, and a word
+    the corpus lacks is spelled with untrained (collapsed) embeddings. BPE-dropout encodes the
+    corpus with pieces too; afterwards the tokenizer is deterministic again, as jobs use it."""
+    from flywheel_trainer.tiny_lm import CHAT_TEMPLATE, encode_corpus, render_document, train_tokenizer
+
+    docs = [{"messages": [{"role": "user", "content": f"please check the weather in {city} today"},
+                          {"role": "assistant", "content": f"It is sunny in {city}."}]}
+            for city in ("Oslo", "Lima", "Cairo", "Seoul", "Denver", "Porto")] * 20
+    tokenizer = train_tokenizer([render_document(d) for d in docs], 400, 256)
+    assert tokenizer.chat_template == CHAT_TEMPLATE
+    chat = ChatFormat(tokenizer, candidate="tiny", model_uri="mem")
+    plain = encode_corpus(chat, docs)
+    dropped = encode_corpus(chat, docs, bpe_dropout=0.3)
+    assert len({t for d in dropped for t in d}) > len({t for d in plain for t in d})
+    assert sum(map(len, dropped)) > sum(map(len, plain))  # the same text, in more and smaller pieces
+    assert tokenizer.backend_tokenizer.model.dropout is None
+    assert encode_corpus(chat, docs) == plain
+    # A word the corpus lacks is spelled with pieces that dropout showed in pre-training.
+    novel = tokenizer("cancel my parcel", add_special_tokens=False)["input_ids"]
+    assert set(novel) - {t for d in plain for t in d}
+    assert len(set(novel) - {t for d in dropped for t in d}) < len(set(novel) - {t for d in plain for t in d})

@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=2, help="packed rows per step")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bpe-dropout", type=float, default=0.0,
+                   help="BPE-dropout while encoding the corpus: each merge is skipped with this "
+                        "probability, so the pieces of the vocabulary's long tokens are trained too")
     p = sub.add_parser("run", help="run one experiment job")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--spec", type=Path, help="path of the job spec JSON")
@@ -65,9 +68,12 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("hidden", "layers", "heads", "vocab", "max_seq_len", "block", "steps", "batch_size"):
                 if getattr(args, name) < 1:
                     raise SpecError(f"--{name.replace('_', '-')} must be >= 1")
+            if not 0.0 <= args.bpe_dropout < 1.0:
+                raise SpecError("--bpe-dropout must be in [0, 1)")
             pretrain(corpus=args.corpus, out=args.out, hidden=args.hidden, layers=args.layers,
                      heads=args.heads, vocab=args.vocab, max_seq_len=args.max_seq_len, block=args.block,
-                     steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                     steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                     bpe_dropout=args.bpe_dropout)
             return 0
         source = f"--spec {args.spec}" if args.spec else "--spec-json"
         try:
