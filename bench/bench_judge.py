@@ -9,8 +9,8 @@ second; the printed ratio is achieved / that ideal. Goal: >= 0.9 at concurrency 
 Each level sends concurrency x rounds requests through one ``JudgeClient.complete`` call, the way
 an evaluate task does, so the ratio includes what a batch pays once (the event loop, the SDK
 client, opening `concurrency` connections: about half a second here). The default 30 rounds (6 s
-of ideal time per level) keeps that a small share, as in a real evaluation of hundreds of items;
-``--rounds 10`` shows it.
+of ideal time per level) keeps that a small share, a steady-state figure; ``--rounds 10`` shows the
+start's weight (an evaluate task's batch is its eval items x 2 orders: 40 calls at eval_size 20).
 
     .venv/bin/python bench/bench_judge.py [--latency 0.2] [--concurrency 1 8 32 64] [--rounds 30]
 """
