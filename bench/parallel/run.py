@@ -127,7 +127,8 @@ def plot(path: Path, series: dict[str, list[tuple[float, int]]], gpus: int) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(series), 1, figsize=(10, 2.6 * len(series)), sharey=True)
+    fig, axes = plt.subplots(len(series), 1, figsize=(10, 2.6 * len(series)), sharey=True, squeeze=False)
+    axes = axes[:, 0]  # one panel (--skip-blueprint) or two
     for ax, (title, steps) in zip(axes, series.items()):
         t0 = steps[0][0] if steps else 0
         xs = [t - t0 for t, _ in steps]
