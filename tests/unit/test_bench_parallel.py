@@ -26,3 +26,11 @@ def test_busy_slots_steps():
     assert max(b for _, b in steps) == 3 and steps[-1] == (15, 0)
     assert dict(steps)[10] == 3  # the job ending at 10 frees its slots for the one starting at 10
     assert bench.parse_seconds("base=6,lora=20") == {"base": 6.0, "lora": 20.0}
+
+
+def test_the_plot_has_a_panel_per_series_one_or_two(tmp_path):
+    one = [(0.0, 1), (5.0, 3), (9.0, 0)]
+    for series in ({"(b) ours": one}, {"(b) ours": one, "(a) blueprint": [(0.0, 2), (4.0, 0)]}):
+        out = tmp_path / f"slots-{len(series)}.png"
+        bench.plot(out, series, gpus=8)
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
