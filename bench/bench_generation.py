@@ -23,44 +23,32 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from _demo import add_model_arg, load_chat, router_records
+
 
 def demo_requests(n: int) -> list:
     from flywheel.prompts import eval_item
-    from flywheel.records import parse_line
-    from flywheel_local.demo_data import generate_logs
     from flywheel_trainer.spec import ChatItem
 
-    lines = generate_logs(n_records=600, days=2, end=datetime(2026, 11, 29, tzinfo=timezone.utc))
-    records = [r for r in (parse_line(f"logs:{i}", line) for i, line in enumerate(lines))
-               if getattr(r, "workload_id", None) == "tool_router"]
+    records = router_records(n_records=600, days=2)
     return [ChatItem.model_validate(eval_item({"id": r.source_id, "request": r.request})) for r in records[:n]]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", type=Path, default=Path(os.environ.get("FLYWHEEL_MODELS_DIR", ".flywheel/models"))
-                    / "tiny-lm-1.6m")
+    add_model_arg(ap)
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    if not (args.model / "config.json").is_file():
-        raise SystemExit(f"no model at {args.model}: run `make models` first (or pass --model)")
-
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoModelForCausalLM
 
-    from flywheel_trainer import device as devices
-    from flywheel_trainer.chat import ChatFormat
     from flywheel_trainer.generate import generate_one_by_one, generate_transformers
 
-    hf_logging.set_verbosity_error()
-    rt = devices.runtime()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    rt, tokenizer, chat = load_chat(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=rt.torch_dtype).to(rt.device).eval()
-    chat = ChatFormat(tokenizer, candidate=args.model.name, model_uri=str(args.model))
     prompts = [chat.prompt(item.messages, item.tools) for item in demo_requests(args.prompts)]
     print(f"{len(prompts)} tool_router prompts ({sum(map(len, prompts)) / len(prompts):.0f} tokens each), "
           f"model {args.model} on {rt.device}, {torch.get_num_threads()} threads")

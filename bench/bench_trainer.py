@@ -27,21 +27,19 @@ import os
 import platform
 import statistics
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
+
+from _demo import add_model_arg, load_chat, router_records
 
 
 def demo_train_items(n: int) -> list:
     """The tool_router training split of the demo logs, as the flywheel hands it to the trainer."""
     from flywheel.curation import curate
     from flywheel.prompts import train_item
-    from flywheel.records import parse_line
-    from flywheel_local.demo_data import generate_logs
     from flywheel_trainer.spec import ChatItem
 
-    lines = generate_logs(n_records=2400, days=7, end=datetime(2026, 11, 29, tzinfo=timezone.utc) + timedelta(0))
-    records = [r for r in (parse_line(f"logs:{i}", line) for i, line in enumerate(lines))
-               if getattr(r, "workload_id", None) == "tool_router"]
+    records = router_records(n_records=2400, days=7)
     rows = [r for r in curate(records, eval_size=20, seed=42).to_rows() if r["split"] == "train"]
     return [ChatItem.model_validate(train_item(r)) for r in rows[:n]]
 
@@ -93,27 +91,16 @@ def run_ours(model_dir: Path, chat, items: list, out: Path) -> tuple[float, dict
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", type=Path, default=Path(os.environ.get("FLYWHEEL_MODELS_DIR", ".flywheel/models"))
-                    / "tiny-lm-1.6m")
+    add_model_arg(ap)
     ap.add_argument("--examples", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path("/tmp/flywheel-bench-trainer"))
     args = ap.parse_args()
-    if not (args.model / "config.json").is_file():
-        raise SystemExit(f"no model at {args.model}: run `make models` first (or pass --model)")
-
     import torch
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    from flywheel_trainer import device as devices
-    from flywheel_trainer.chat import ChatFormat
     from flywheel_trainer.finetune import encode_examples
 
-    hf_logging.set_verbosity_error()
-    rt = devices.runtime()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    chat = ChatFormat(tokenizer, candidate=args.model.name, model_uri=str(args.model))
+    rt, tokenizer, chat = load_chat(args.model)
     items = demo_train_items(args.examples)
     examples, skipped = encode_examples(chat, items, 1024)
     tokens = sum(len(ids) for ids, _ in examples)
