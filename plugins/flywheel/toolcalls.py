@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 from typing import Any, Callable
 
 Message = dict[str, Any]
@@ -178,3 +179,8 @@ def parse_output(text: Any, family: str = DEFAULT_PARSER) -> Message:
         return parser(text)
     except Exception:  # noqa: BLE001 — a parser bug must never fail an evaluation
         return _message(text, [])
+
+
+def parser_for(family: str) -> Callable[[Any], Message]:
+    """The parse function of one model family, as evaluation takes it (``evaluate(..., parse=)``)."""
+    return partial(parse_output, family=family)

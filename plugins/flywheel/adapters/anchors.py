@@ -151,11 +151,9 @@ def score_anchor_predictions(conn, spec, job: dict[str, Any], cfg, scorer) -> in
     # Only items the job generated on: an item added by review after the job started has no answer
     # yet and must not count as a zero.
     rows = [{**a, "split": "eval"} for a in anchor_rows(conn, spec.workload_id) if str(a["id"]) in answers]
-    from functools import partial
-
-    from flywheel.toolcalls import parse_output
+    from flywheel.toolcalls import parser_for
 
     evaluation = evaluate(spec, rows=rows, predictions=answers, cfg=cfg, scorer=scorer,
                           count_tokens=lambda text: len(text.split()),  # tokens only price the run: unused here
-                          parse=partial(parse_output, family=cfg.candidates[spec.candidate].tool_call_parser))
+                          parse=parser_for(cfg.candidates[spec.candidate].tool_call_parser))
     return store_anchor_scores(conn, spec.key, [i for i in evaluation.items if i["score"] is not None])

@@ -193,10 +193,8 @@ def evaluate_job_output(spec: ExperimentSpec, job: dict[str, Any], cfg: Flywheel
     ``window`` = (the workload's requests in the run's data interval, the interval in days): with
     the production usage logged in the dataset's responses, the base of the savings figures.
     """
-    from functools import partial
-
     from flywheel.costs import workload_traffic
-    from flywheel.toolcalls import parse_output
+    from flywheel.toolcalls import parser_for
 
     candidate = cfg.candidates[spec.candidate]
     rows = artifacts.read_jsonl(spec.dataset_uri)
@@ -229,6 +227,6 @@ def evaluate_job_output(spec: ExperimentSpec, job: dict[str, Any], cfg: Flywheel
         gold=gold,
         traffic=traffic,
         training_gpu_seconds=training_gpu_seconds,
-        parse=partial(parse_output, family=candidate.tool_call_parser),
+        parse=parser_for(candidate.tool_call_parser),
     )
     return evaluation, traffic
