@@ -67,7 +67,7 @@ bench-curation: install ## 100k and 1M records through curation vs the read+pars
 	$(PY) bench/bench_curation.py --sizes 100000 1000000
 	$(PY) bench/bench_pii.py --records 3000 --seed 99
 
-bench-parallel: install ## 3 runs at once vs one at a time on a real scheduler, 1,000 mapped tasks (~30 min)
+bench-parallel: install ## 3 runs at once vs one at a time on a real scheduler, 1,000 mapped tasks (~80 min)
 	$(PY) bench/parallel/run.py
 
 bench-trainer: models ## LoRA trainer vs a plain transformers Trainer; batched vs one-at-a-time generation (~2 min on CPU)

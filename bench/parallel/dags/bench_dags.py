@@ -30,7 +30,10 @@ POOL = "flywheel_gpu"
 def build(dag_id: str, *, blueprint: bool):
     @dag(dag_id=dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
          max_active_runs=1 if blueprint else CONFIG["runs"], max_active_tasks=256, tags=["bench"],
-         default_args={"retries": 0})
+         # As dags/flywheel_dags.py: every task carries its DAG's weight (absolute), so a run's
+         # GPU jobs are not queued behind every CPU task upstream of them (Airflow's default rule,
+         # downstream, ranks a task by what follows it: every prepare before any GPU job).
+         default_args={"retries": 0, "priority_weight": 1, "weight_rule": "absolute"})
     def bench():
         @task
         def register(dag_run=None) -> dict:
@@ -80,6 +83,9 @@ def build(dag_id: str, *, blueprint: bool):
                         run = LocalGpuJobOperator(
                             task_id="gpu_job", job=job, pool=POOL,
                             pool_slots=CONFIG["gpus"] if blueprint else slots,
+                            # The longer multi-GPU (LoRA) jobs first, as the flywheel plans its LoRA
+                            # experiments first (here they are a group of their own).
+                            priority_weight=2 if slots > 1 else 1,
                             entrypoint=[SLEEP_JOB], map_index_template="{{ job_label }}")
                         run >> evaluate(job)
 
