@@ -48,9 +48,10 @@ def plan_experiments(
     datasets: list[dict[str, Any]], *, candidate: str, strategies: list[str], training_profile: str | None
 ) -> list[dict[str, Any]]:
     """One experiment per usable dataset x strategy for one candidate, in a stable order: the
-    fine-tuning experiments first. The pool hands its slots out in map-index order among equal
-    priorities, and a LoRA job takes many times as long as a zero-shot one: started last, the
-    longest job would run alone at the end while the other slots idle."""
+    fine-tuning experiments first, the largest training set first (longest job first). The pool
+    hands its slots out in map-index order among equal priorities, and a LoRA job takes many times
+    as long as a zero-shot one: started last, the longest job would run alone at the end while the
+    other slots idle. Training time grows with the training set (``n_train``, from curation)."""
     specs = []
     for ds in sorted((d for d in datasets if d and d.get("usable")), key=lambda d: d["workload_id"]):
         for strategy in strategies:
@@ -65,5 +66,7 @@ def plan_experiments(
                     training_profile=training_profile,
                 ).to_dict()
             )
-    specs.sort(key=lambda spec: spec["strategy"] != "lora")  # stable: workloads stay in order
+    n_train = {d["workload_id"]: int(d.get("n_train") or 0) for d in datasets if d and d.get("usable")}
+    # stable: the other strategies keep the workloads' order
+    specs.sort(key=lambda spec: (0, -n_train[spec["workload_id"]]) if spec["strategy"] == "lora" else (1, 0))
     return specs

@@ -348,7 +348,9 @@ def airflow_env(paths: StackPaths, socket_dir: Path) -> dict[str, str]:
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": os.environ.get("FLYWHEEL_PARALLELISM", "4"),
+        # A GPU job holds an executor slot while it runs: the pool's slots plus 4 for CPU tasks, so
+        # a free GPU slot never waits behind CPU tasks (the ICL example selection, evaluation).
+        "AIRFLOW__CORE__PARALLELISM": os.environ.get("FLYWHEEL_PARALLELISM", str(gpu_slots() + 4)),
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "8",
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_url()}/execution/",

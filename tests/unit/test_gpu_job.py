@@ -273,9 +273,18 @@ def test_fine_tuning_experiments_are_planned_first():
     zero-shot and ICL jobs fill the other slots instead of leaving a LoRA job to run alone at the end."""
     from flywheel.experiments import plan_experiments
 
-    datasets = [{"usable": True, "run_key": "r", "workload_id": w, "kind": "chat", "uri": f"file:///{w}"}
-                for w in ("tool_router", "invoice_extraction")] + [{"usable": False, "workload_id": "small"}]
+    datasets = [{"usable": True, "run_key": "r", "workload_id": w, "kind": "chat", "uri": f"file:///{w}", "n_train": n}
+                for w, n in (("tool_router", 658), ("invoice_extraction", 501), ("support_qa", 409))]
+    datasets.append({"usable": False, "workload_id": "small"})
     specs = plan_experiments(datasets, candidate="c", strategies=["base", "icl", "lora"], training_profile=None)
+    # LoRA first, the largest training set first (the longest job); then the rest by workload
     assert [(s["workload_id"], s["strategy"]) for s in specs] == [
-        ("invoice_extraction", "lora"), ("tool_router", "lora"), ("invoice_extraction", "base"),
-        ("invoice_extraction", "icl"), ("tool_router", "base"), ("tool_router", "icl")]
+        ("tool_router", "lora"), ("invoice_extraction", "lora"), ("support_qa", "lora"),
+        ("invoice_extraction", "base"), ("invoice_extraction", "icl"), ("support_qa", "base"),
+        ("support_qa", "icl"), ("tool_router", "base"), ("tool_router", "icl")]
+    # equal training sets: by workload id, whatever order curation finished in
+    for ds in datasets[:3]:
+        ds["n_train"] = 100
+    lora = [s["workload_id"] for s in plan_experiments(datasets[::-1], candidate="c", strategies=["lora"],
+                                                        training_profile=None)]
+    assert lora == ["invoice_extraction", "support_qa", "tool_router"]
