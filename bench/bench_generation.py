@@ -21,7 +21,6 @@ import platform
 import statistics
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 from _demo import add_model_arg, load_chat, router_records
 

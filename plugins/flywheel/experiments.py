@@ -52,8 +52,9 @@ def plan_experiments(
     hands its slots out in map-index order among equal priorities, and a LoRA job takes many times
     as long as a zero-shot one: started last, the longest job would run alone at the end while the
     other slots idle. Training time grows with the training set (``n_train``, from curation)."""
+    usable = sorted((d for d in datasets if d and d.get("usable")), key=lambda d: d["workload_id"])
     specs = []
-    for ds in sorted((d for d in datasets if d and d.get("usable")), key=lambda d: d["workload_id"]):
+    for ds in usable:
         for strategy in strategies:
             specs.append(
                 ExperimentSpec(
@@ -66,7 +67,7 @@ def plan_experiments(
                     training_profile=training_profile,
                 ).to_dict()
             )
-    n_train = {d["workload_id"]: int(d.get("n_train") or 0) for d in datasets if d and d.get("usable")}
+    n_train = {d["workload_id"]: int(d.get("n_train") or 0) for d in usable}
     # stable: the other strategies keep the workloads' order
     specs.sort(key=lambda spec: (0, -n_train[spec["workload_id"]]) if spec["strategy"] == "lora" else (1, 0))
     return specs

@@ -340,6 +340,7 @@ def airflow_env(paths: StackPaths, socket_dir: Path) -> dict[str, str]:
     # Named reviewers have the "user" role: they can see and act on DAG runs, and answer the reviews
     # they are assigned to; the admin cannot answer those (Airflow checks HITL assigned_users).
     users = ",".join([f"{ADMIN_USER}:admin", *(f"{r}:user" for r in reviewers)])
+    slots = gpu_slots()
     socket_q = urllib.parse.quote(str(socket_dir), safe="")
     su, fw = (urllib.parse.quote(s[k], safe="") for k in ("pg_superuser_password", "pg_flywheel_password"))
     env = {
@@ -350,7 +351,7 @@ def airflow_env(paths: StackPaths, socket_dir: Path) -> dict[str, str]:
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         # A GPU job holds an executor slot while it runs: the pool's slots plus 4 for CPU tasks, so
         # a free GPU slot never waits behind CPU tasks (the ICL example selection, evaluation).
-        "AIRFLOW__CORE__PARALLELISM": os.environ.get("FLYWHEEL_PARALLELISM", str(gpu_slots() + 4)),
+        "AIRFLOW__CORE__PARALLELISM": os.environ.get("FLYWHEEL_PARALLELISM", str(slots + 4)),
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "8",
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_url()}/execution/",
@@ -372,7 +373,7 @@ def airflow_env(paths: StackPaths, socket_dir: Path) -> dict[str, str]:
         "FLYWHEEL_MODELS_DIR": os.environ.get("FLYWHEEL_MODELS_DIR", str(paths.models)),
         "FLYWHEEL_ARTIFACTS": os.environ.get("FLYWHEEL_ARTIFACTS", f"file://{paths.artifacts}"),
         "FLYWHEEL_GPU_BACKEND": os.environ.get("FLYWHEEL_GPU_BACKEND", "local"),
-        "FLYWHEEL_GPU_SLOTS": str(gpu_slots()),
+        "FLYWHEEL_GPU_SLOTS": str(slots),
         "FLYWHEEL_GPU_LOCK_DIR": str(paths.home / "run" / "gpu-locks"),  # which job holds which GPU
         "FLYWHEEL_TRAINING_PROFILE": os.environ.get("FLYWHEEL_TRAINING_PROFILE", "cpu-demo"),
         # The serving endpoint approved versions are deployed to (flywheel_local.serving_server).
