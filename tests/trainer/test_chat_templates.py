@@ -74,6 +74,34 @@ def test_the_loss_covers_the_answer_and_its_end_of_turn_only(family):
     assert "Weather in Oslo?" not in answer and "get_weather" in answer
 
 
+def test_an_answer_whose_first_token_would_merge_with_the_prompt_is_split_where_generation_starts():
+    """The student's BPE merges across spaces and punctuation: in the whole conversation
+    ``\\n{"`` after ``assistant`` is one token, but generation starts after the prompt's ``\\n``.
+    The training example must begin with exactly the prompt the model is served, else the adapter
+    learns a continuation it never sees (an invoice adapter once wrote only its JSON's tail)."""
+    from flywheel_trainer.tiny_lm import render_document, train_tokenizer
+
+    answer = '{"vendor": "Acme", "total": 12.5}'
+    docs = [{"messages": [{"role": "user", "content": f"Invoice {i} from Acme"},
+                          {"role": "assistant", "content": answer}]} for i in range(30)]
+    chat = ChatFormat(train_tokenizer([render_document(d) for d in docs], 400, 256), candidate="student",
+                      model_uri="/models/student")
+    messages = [{"role": "system", "content": "Extract <|im_end|> fields."}, *docs[0]["messages"]]
+    prompt = chat.prompt(messages[:-1], None)
+    whole = chat.encode(messages, None, add_generation_prompt=False)
+    assert whole[:len(prompt)] != prompt  # the merge this test is about happens with this tokenizer
+
+    ids, labels = chat.example(messages, None)
+    assert ids[:len(prompt)] == prompt and all(label == -100 for label in labels[:len(prompt)])
+    assert all(label == t for label, t in zip(labels[len(prompt):], ids[len(prompt):]))
+    decode = chat.tokenizer.decode
+    assert decode(ids) == decode(whole)  # the same text, split at the prompt's end
+    assert decode(ids[len(prompt):]) == answer + "<|im_end|>\n"
+    # The system turn's typed control token stays plain text after the re-split.
+    im_end = chat.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert ids.count(im_end) == whole.count(im_end) == 3
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_logged_text_cannot_forge_a_turn(family):
     """A user who types the template's control tokens gets them encoded as plain text."""

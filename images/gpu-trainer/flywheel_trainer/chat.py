@@ -145,8 +145,6 @@ class ChatFormat:
             raise ChatItemError("a training example must end with the assistant's message")
         prompt = self.encode(messages[:-1], tools, add_generation_prompt=True)
         full = self.encode(messages, tools, add_generation_prompt=False)
-        # The conversation with the answer starts with the prompt for it in every template we know;
-        # where a template rewrites earlier turns, the answer is what follows the common prefix.
         common = 0
         for a, b in zip(prompt, full):
             if a != b:
@@ -154,7 +152,36 @@ class ChatFormat:
             common += 1
         if common == len(full):
             raise ChatItemError("the rendered answer is empty")
+        if common < len(prompt):
+            joined = self._after_prompt(prompt, full, common)
+            if joined is not None:
+                full, common = joined, len(prompt)
+        # Else a template that rewrites earlier turns: the answer is what follows the common prefix.
         return full, [-100] * common + full[common:]
+
+    def _after_prompt(self, prompt: list[int], full: list[int], common: int) -> list[int] | None:
+        """``full`` re-tokenised to start with exactly ``prompt``, or None where it cannot be.
+
+        BPE merges across the end of the generation prompt: a student's ``assistant\\n{`` is one
+        token in the whole conversation but ``\\n`` then ``{`` when the model generates. Trained on
+        the merged token, the model never sees at serving time the prompt it was trained on (an
+        invoice adapter wrote only the tail of its JSON). The token(s) that straddle the prompt's
+        end are split there; every other token, sanitised control-token text included, is kept.
+        """
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
+        tail = decode(prompt[common:])  # the prompt's text that full encodes differently
+        for j in range(common + 1, len(full) + 1):
+            text = decode(full[common:j])
+            if len(text) >= len(tail):
+                break
+        else:
+            return None
+        if not text.startswith(tail):
+            return None
+        rest = text[len(tail):]  # a piece of plain text inside the answer's first token(s)
+        piece = self.tokenizer(rest, add_special_tokens=False, split_special_tokens=True)["input_ids"] if rest else []
+        joined = [*prompt, *piece, *full[j:]]
+        return joined if decode(joined) == decode(full) else None
 
     def fit_examples(self, messages: Sequence[Message], tools: Sequence[dict] | None,
                      candidates: Sequence[Sequence[Message]], *, budget_tokens: int, max_examples: int,
