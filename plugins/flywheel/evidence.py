@@ -140,8 +140,11 @@ def evidence_markdown(
                          if training.get("train_loss_first") is not None else "") + ".",
                       f"- Validation loss after the last epoch: "
                       + (f"{training['val_loss']:.3f}" if training.get("val_loss") is not None else "not measured")
-                      + f"; {training.get('train_examples', '?')} train / {training.get('val_examples', '?')} val "
-                        f"examples, {training.get('train_seconds', '?')} s.", ""]
+                      + f"; {training.get('train_examples', '?')} train"
+                      + (f" (a sample of {training['train_examples_usable']})"
+                         if (training.get("train_examples_usable") or 0) > (training.get("train_examples") or 0) else "")
+                      + f" / {training.get('val_examples', '?')} val examples, {training.get('train_seconds', '?')} s.",
+                      ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

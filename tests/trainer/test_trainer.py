@@ -148,6 +148,22 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_
     assert metrics["train_steps"] == 20  # optimizer steps unchanged: same effective batch
 
 
+def test_max_train_examples_trains_on_a_seeded_sample(tmp_path, tiny_model, routing_task):
+    from flywheel_trainer.finetune import sample_examples
+
+    examples = [([i], [i]) for i in range(100)]
+    sample = sample_examples(examples, 30, seed=7)
+    assert len(sample) == 30 and sample == sorted(sample) and len(set(map(str, sample))) == 30
+    assert sample == sample_examples(examples, 30, seed=7) != sample_examples(examples, 30, seed=8)
+    assert sample_examples(examples, 100, seed=7) == sample_examples(examples, None, seed=7) == examples
+
+    spec = _spec(tmp_path, tiny_model, routing_task, "lora", "capped",
+                 lora={**ROUTING_LORA, "epochs": 1, "max_train_examples": 40})
+    _, m = _run(tmp_path, spec)
+    assert m["train_examples"] == 40 and m["train_examples_usable"] == 160
+    assert m["train_steps"] == 40 // ROUTING_LORA["batch_size"]
+
+
 def test_out_of_memory_at_one_example_names_the_settings(tmp_path, tiny_model, routing_task):
     spec = _spec(tmp_path, tiny_model, routing_task, "lora", "oom1", lora={**ROUTING_LORA, "epochs": 1})
     path = tmp_path / "oom1.json"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import random
 import resource
 import shutil
 import time
@@ -68,6 +69,13 @@ def encode_examples(chat: ChatFormat, items: Sequence[ChatItem], max_seq_len: in
             continue
         examples.append((ids, labels))
     return examples, skipped
+
+
+def sample_examples(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
+    """At most ``limit`` of ``examples``: a sample seeded by ``seed``, in their original order."""
+    if limit is None or len(examples) <= limit:
+        return examples
+    return [examples[i] for i in sorted(random.Random(seed).sample(range(len(examples)), limit))]
 
 
 def answer_loss(model, inputs: dict, labels, num_items_in_batch=None):
@@ -228,6 +236,11 @@ def train_lora(model, chat: ChatFormat, train_items: Sequence[ChatItem], val_ite
     if train_skipped or val_skipped:
         print(f"lora: skipped training examples {dict(train_skipped)}, validation examples {dict(val_skipped)}",
               flush=True)
+    usable = len(train)
+    train = sample_examples(train, lora.max_train_examples, seed)
+    if len(train) < usable:
+        print(f"lora: training on {len(train)} of the {usable} usable examples (lora.max_train_examples; a sample "
+              f"seeded by {seed})", flush=True)
     pad_id = chat.tokenizer.pad_token_id
     device = runtime.device
     torch.manual_seed(seed)  # the adapter's initial weights
@@ -396,6 +409,7 @@ def train_lora(model, chat: ChatFormat, train_items: Sequence[ChatItem], val_ite
         "val_loss": val_losses[-1] if val_losses else None,
         "val_loss_per_epoch": val_losses,
         "train_examples": len(train),
+        "train_examples_usable": usable,  # more than train_examples where lora.max_train_examples sampled them
         "val_examples": len(val),
         "train_skipped": dict(train_skipped),
         "train_tokens": tokens_seen[0],

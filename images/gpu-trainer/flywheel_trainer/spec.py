@@ -45,6 +45,9 @@ class LoraSpec(_Strict):
     target_modules: Literal["all-linear"] | list[str] = Field(
         "all-linear", description='"all-linear" (every linear projection but lm_head) or module names')
     packing: bool = Field(True, description="padding-free packing of examples where the model supports it")
+    max_train_examples: int | None = Field(
+        None, ge=1, description="train on at most this many examples: a sample of the usable ones, seeded by the "
+        "job's seed (default: all); bounds a job's training time whatever the workload's traffic")
 
     @model_validator(mode="after")
     def _check(self) -> LoraSpec:
