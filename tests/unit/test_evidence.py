@@ -66,6 +66,11 @@ def test_markdown_has_every_section():
     assert "answered worse than by v3" in md and "| b | s | q | d | c | 1.00 | 0.00 |" in md
     assert "2.000, 1.000, 0.500 (before training 3.100)" in md and "Validation loss after the last epoch: 0.600" in md
     assert "within the regression budgets" in md
+    assert "; 63 train / 7 val examples, 12.5 s." in md
+    sampled = evidence_markdown(dataset=None, items=[], regressions=None, active_version=None, guard_reason=None,
+                                training={"train_loss_per_epoch": [1.0], "train_examples": 330,
+                                          "train_examples_usable": 647, "val_examples": 72, "train_seconds": 119})
+    assert "; 330 train (a sample of 647) / 72 val examples, 119 s." in sampled
     first = evidence_markdown(dataset=None, items=[], regressions=None, active_version=None, guard_reason=None,
                               training=None)
     assert "Nothing is deployed for this workload yet" in first
