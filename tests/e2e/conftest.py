@@ -103,4 +103,7 @@ def e2e_stack(tmp_path_factory):
         stack.stop_postgres(paths)
         os.environ.clear()
         os.environ.update(saved)
-        shutil.rmtree(home, ignore_errors=True)
+        if os.environ.get("FLYWHEEL_E2E_KEEP_HOME"):  # to read the stack's logs after a failure
+            print(f"e2e stack home kept: {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)

@@ -32,25 +32,41 @@ STRATEGIES = ["base", "icl", "lora"]
 RUN: dict = {}
 
 
-def _page_frame(page, base_url: str):
+def _api_server_log_tail(chars: int = 4000) -> str:
+    path = stack.StackPaths.from_env().logs / "api-server.log"
+    return path.read_text(errors="replace")[-chars:] if path.exists() else f"(no {path})"
+
+
+def _page_frame(page, base_url: str, attempts: int = 3):
     """The flywheel page as Airflow's UI shows it: its navigation entry opens /plugin/flywheel,
-    which embeds the plugin's page (served under /flywheel/) in a frame."""
-    page.goto(f"{base_url}/plugin/flywheel")
-    page.wait_for_selector("iframe", timeout=60_000)
-    for _ in range(120):
-        # The UI mirrors the frame's location into its own (/plugin/flywheel/flywheel/): the
-        # main frame's URL then contains /flywheel/ too, so match the frame's path, not a substring.
-        frame = next((f for f in page.frames if f is not page.main_frame
-                      and urlparse(f.url).path.startswith("/flywheel/")), None)
-        if frame is not None:
-            try:
-                frame.wait_for_selector("#pending-reviews", timeout=60_000)
-            except Exception as exc:  # say what the frame showed instead
-                raise AssertionError(f"no #pending-reviews in the frame at {frame.url}: "
-                                     f"{frame.content()[:2000]}") from exc
-            return frame
-        page.wait_for_timeout(500)
-    raise AssertionError(f"no frame of the flywheel page in {[f.url for f in page.frames]}")
+    which embeds the plugin's page (served under /flywheel/) in a frame. A page that answers 500 is
+    loaded again (at most ``attempts`` times, as a user would), and the api-server's log is shown."""
+    for attempt in range(1, attempts + 1):
+        page.goto(f"{base_url}/plugin/flywheel")
+        page.wait_for_selector("iframe", timeout=60_000)
+        frame = None
+        for _ in range(120):
+            # The UI mirrors the frame's location into its own (/plugin/flywheel/flywheel/): the
+            # main frame's URL then contains /flywheel/ too, so match the frame's path, not a substring.
+            frame = next((f for f in page.frames if f is not page.main_frame
+                          and urlparse(f.url).path.startswith("/flywheel/")), None)
+            if frame is not None:
+                break
+            page.wait_for_timeout(500)
+        if frame is None:
+            raise AssertionError(f"no frame of the flywheel page in {[f.url for f in page.frames]}")
+        frame.wait_for_load_state()
+        if "Internal Server Error" in frame.content() and attempt < attempts:
+            print(f"the flywheel page answered 500 (attempt {attempt}); api-server log:\n{_api_server_log_tail()}")
+            page.wait_for_timeout(5_000)
+            continue
+        try:
+            frame.wait_for_selector("#pending-reviews", timeout=60_000)
+        except Exception as exc:  # say what the frame showed instead, and what the api-server logged
+            raise AssertionError(f"no #pending-reviews in the frame at {frame.url}: {frame.content()[:2000]}\n"
+                                 f"api-server log:\n{_api_server_log_tail()}") from exc
+        return frame
+    raise AssertionError("unreachable")
 
 
 def _check_page_while_reviews_wait(e2e_stack, run_key, pending, tmp_path):
