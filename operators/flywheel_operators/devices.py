@@ -1,4 +1,5 @@
-"""The GPUs of this machine, as the local backend and the embedded stack see them (no torch import)."""
+"""The GPUs of this machine and the trainer's environment, as the local backend and the embedded stack
+see them (no torch or Airflow import)."""
 
 from __future__ import annotations
 
@@ -28,3 +29,22 @@ def cpu_threads_env(slots: int | None = None) -> dict[str, str]:
     slots = slots or int(os.environ.get("FLYWHEEL_GPU_SLOTS") or 1)
     threads = max(1, len(os.sched_getaffinity(0)) // max(1, slots))
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+# What the trainer process inherits from the worker, nothing else: no Airflow configuration, JWT
+# or API secrets, no database URLs, no connections. Object-storage credentials are added
+# explicitly (the standard AWS variables, from the artifacts connection).
+TRAINER_ENV_ALLOWLIST = (
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "VIRTUAL_ENV",
+    "PYTHONPATH", "LD_LIBRARY_PATH", "CUDA_HOME", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE",
+    "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM",
+    "XDG_CACHE_HOME", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS",
+)
+
+
+def trainer_environment(base: dict[str, str] | None = None, *, extra: dict[str, str] | None = None) -> dict[str, str]:
+    base = dict(os.environ if base is None else base)
+    env = {k: base[k] for k in TRAINER_ENV_ALLOWLIST if k in base}
+    env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    env.update(extra or {})
+    return env

@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,28 +27,12 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from flywheel.adapters import object_storage
 from flywheel.gpu_job import GpuJob
-from flywheel_operators.devices import cpu_threads_env, visible_gpus
+from flywheel_operators.devices import TRAINER_ENV_ALLOWLIST, cpu_threads_env, trainer_environment, visible_gpus  # noqa: F401
 
-SPEC_ERROR_EXIT = 2  # the trainer's exit status for an invalid spec or input: retrying cannot help
-
-# What the trainer process inherits from the worker, nothing else: no Airflow configuration, JWT
-# or API secrets, no database URLs, no connections. Object-storage credentials are added
-# explicitly (the standard AWS variables, from the artifacts connection).
-TRAINER_ENV_ALLOWLIST = (
-    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "VIRTUAL_ENV",
-    "PYTHONPATH", "LD_LIBRARY_PATH", "CUDA_HOME", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE",
-    "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM",
-    "XDG_CACHE_HOME", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS",
-)
-
-
-def trainer_environment(base: dict[str, str] | None = None, *, extra: dict[str, str] | None = None) -> dict[str, str]:
-    base = dict(os.environ if base is None else base)
-    env = {k: base[k] for k in TRAINER_ENV_ALLOWLIST if k in base}
-    env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    env.update(extra or {})
-    return env
-
+SPEC_ERROR_EXIT = 2
+# A warm trainer server's socket (flywheel_trainer.warm; the embedded stack starts one on a machine
+# without GPUs): CPU jobs are forked from it instead of starting a fresh interpreter.
+WARM_SOCKET_ENV = "FLYWHEEL_TRAINER_WARM_SOCKET"  # the trainer's exit status for an invalid spec or input: retrying cannot help
 
 def gpu_lock_dir() -> Path:
     return Path(os.environ.get("FLYWHEEL_GPU_LOCK_DIR") or Path(tempfile.gettempdir()) / "flywheel-gpu-locks")
@@ -112,6 +97,8 @@ class LocalGpuJobOperator(BaseOperator):
         self.entrypoint = list(entrypoint)
         self.kill_grace_seconds = kill_grace_seconds
         self._proc: subprocess.Popen | None = None
+        self._warm: socket.socket | None = None
+        self._warm_killed = False
 
     def execute(self, context: Any) -> dict[str, Any]:
         job = GpuJob.from_dict(self.job)
@@ -151,6 +138,12 @@ class LocalGpuJobOperator(BaseOperator):
         return {**metrics, "reused": False, "wall_seconds": round(wall, 3), "output_dir": output}
 
     def _run(self, cmd: list[str], env: dict[str, str]) -> tuple[int, list[str], float]:
+        warm = os.environ.get(WARM_SOCKET_ENV)
+        if (warm and self.python == sys.executable and self.entrypoint == ["-m", "flywheel_trainer"]
+                and "CUDA_VISIBLE_DEVICES" not in env):
+            result = self._run_warm(Path(warm), cmd[1 + len(self.entrypoint):], env)
+            if result is not None:
+                return result
         started = time.monotonic()
         # Its own process group: a kill reaches the trainer and anything it started.
         self._proc = proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -168,7 +161,66 @@ class LocalGpuJobOperator(BaseOperator):
             self._proc = None
         return rc, tail, time.monotonic() - started
 
+    def _run_warm(self, socket_path: Path, argv: list[str], env: dict[str, str]) -> tuple[int, list[str], float] | None:
+        """The job forked by the warm server (flywheel_trainer.warm): the same entrypoint, arguments
+        and environment as the subprocess, without the import cost. None when the server cannot be
+        reached (then the caller starts a fresh process)."""
+        started = time.monotonic()
+        read_end, write_end = os.pipe()
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(str(socket_path))
+            request = json.dumps({"argv": argv, "env": env, "cwd": os.getcwd()}).encode() + b"\n"
+            socket.send_fds(conn, [request], [write_end])
+        except OSError as exc:
+            for fd in (read_end, write_end):
+                os.close(fd)
+            conn.close()
+            self.log.warning("The warm trainer server at %s is not reachable (%s): starting a fresh process",
+                             socket_path, exc)
+            return None
+        os.close(write_end)
+        self._warm, self._warm_killed = conn, False
+        replies = conn.makefile("r", encoding="utf-8")
+        tail: list[str] = []
+        try:
+            first = json.loads(replies.readline() or "{}")
+            if "pid" not in first:
+                os.close(read_end)
+                raise RuntimeError(f"the warm trainer server refused the job: {first.get('error', 'no answer')}")
+            self.log.info("Started by the warm trainer server %s as pid %d", socket_path, first["pid"])
+            with os.fdopen(read_end, encoding="utf-8", errors="replace") as output:
+                for line in output:
+                    self.log.info("trainer | %s", line.rstrip())
+                    tail = (tail + [line.rstrip()])[-20:]
+            try:
+                last = replies.readline()
+            except OSError:
+                last = ""
+            if last:
+                rc = int(json.loads(last)["exit"])
+            elif self._warm_killed:
+                rc = -signal.SIGTERM  # on_kill: the server stopped the job
+            else:
+                raise RuntimeError(f"the warm trainer server at {socket_path} went away while the job ran")
+        finally:
+            # Closing the connection before the job ended (a timeout, an error here) makes the
+            # server stop the job.
+            self._warm = None
+            replies.close()
+            conn.close()
+        return rc, tail, time.monotonic() - started
+
     def _kill(self) -> None:
+        warm = self._warm
+        if warm is not None:
+            self.log.warning("Stopping the trainer (the warm server stops a job whose caller goes away)")
+            self._warm_killed = True
+            try:
+                warm.shutdown(socket.SHUT_RDWR)  # takes effect even while a reader holds the socket
+            except OSError:
+                pass
+            return
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return

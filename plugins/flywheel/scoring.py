@@ -57,7 +57,8 @@ SCORER_DESCRIPTIONS: dict[str, str] = {
     ),
     EMBEDDING_COSINE: (
         "embedding_cosine: cosine similarity of all-MiniLM-L6-v2 sentence embeddings of the two "
-        "answers, clipped to [0, 1]; no judge"
+        "answers (or of the model the flywheel_embeddings connection names; each item records its "
+        "embedder), clipped to [0, 1]; no judge"
     ),
     TOOL_CALL_JUDGED: (
         "tool_call_judged: as tool_call_exact, but free-text argument values (4+ words) are graded "

@@ -93,6 +93,12 @@ def up(paths: stack.StackPaths) -> tuple[Path, dict[str, str]]:
         started_serving = stack.start_serving(paths, env)
         stack.wait_for_serving(paths)
         say(f"{'started' if started_serving else 'already running'} at {stack.serving_url()}")
+    with Step("Warm trainer server (CPU jobs start without re-importing torch)"):
+        started_warm = stack.start_warm_trainer(paths, env)
+        if started_warm is not None:
+            stack.wait_for_warm_trainer(paths)
+        say("not used: this machine has GPUs (their jobs start fresh processes)" if started_warm is None
+            else f"{'started' if started_warm else 'already running'} at {stack.warm_trainer_socket(paths)}")
     return socket_dir, env
 
 
@@ -401,6 +407,8 @@ def cmd_down(args) -> int:
     stopped = stack.stop_airflow(paths)
     say(f"stopped {', '.join(stopped)}" if stopped else "Airflow was not running")
     say("stopped the serving endpoint" if stack.stop_serving(paths) else "the serving endpoint was not running")
+    if stack.stop_warm_trainer(paths):
+        say("stopped the warm trainer server")
     say("stopped PostgreSQL" if stack.stop_postgres(paths) else "PostgreSQL was not running")
     return 0
 
@@ -409,7 +417,7 @@ def cmd_status(args) -> int:
     paths = stack.StackPaths.from_env()
     socket_dir = stack.postgres_socket_dir(paths)
     print(f"postgres: {'running at ' + str(socket_dir) if socket_dir else 'stopped'}")
-    for name in (*stack.AIRFLOW_COMPONENTS, stack.SERVING):
+    for name in (*stack.AIRFLOW_COMPONENTS, stack.SERVING, stack.WARM_TRAINER):
         pid = stack.component_pid(paths, name)
         print(f"{name}: {'running (pid ' + str(pid) + ')' if pid else 'stopped'}")
     return 0

@@ -12,6 +12,14 @@ transformers + peft and one client (flywheel.adapters.serving) drives both:
     POST /v1/chat/completions      greedy decoding; "model" is a base model or a loaded adapter
     POST /v1/load_lora_adapter     {"lora_name", "lora_path", "base_model"?}
     POST /v1/unload_lora_adapter   {"lora_name"}
+    POST /v1/embeddings            {"model", "input": str | [str], "encoding_format": "float" | "base64"}
+
+The embeddings route serves sentence-embedding models (all-MiniLM-L6-v2 from its PyPI package by
+default) for in-context example selection and the similarity scorer: the embedded stack points
+the ``flywheel_embeddings`` connection here, so the model loads once in this long-lived process
+instead of once in every Airflow task that needs it (about 12 CPU-seconds of imports and loading
+each time on the demo machine). Production points that connection at any OpenAI-compatible
+embeddings endpoint instead (vLLM, TEI, NIM, OpenAI).
 
 Several base models (the configured candidates) are served from one process, each loaded on first
 use; adapters on one base share its weights (peft, one named adapter per deployed version).
@@ -33,7 +41,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -57,6 +65,17 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
     temperature: float | None = None  # accepted; decoding is greedy (documented)
     stream: bool = False
+
+
+MAX_EMBEDDING_INPUTS = 2048  # per request, as OpenAI's API
+
+
+class EmbeddingRequest(BaseModel):
+    model: str
+    input: str | list[str] = Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
 
 
 class LoadAdapter(BaseModel):
@@ -299,12 +318,71 @@ class ModelRegistry:
         }
 
 
-def create_app(registry: ModelRegistry):
+class EmbeddingModels:
+    """Sentence-embedding models by name, each loaded on first use (or by :meth:`preload`)."""
+
+    def __init__(self, paths: dict[str, str]) -> None:
+        self.paths = dict(paths)
+        self._models: dict[str, Any] = {}
+        self.lock = threading.Lock()
+
+    def _model(self, name: str):
+        from flywheel.adapters.embeddings import LocalMiniLM
+
+        if name not in self.paths:
+            raise ServingRefused(404, f"the embedding model '{name}' is not served here; served: "
+                                      f"{sorted(self.paths) or 'none'}", "NotFoundError")
+        with self.lock:
+            if name not in self._models:
+                self._models[name] = LocalMiniLM(self.paths[name])
+                self._models[name].embed(["warm up"])  # loads the weights now, under the lock
+                log.info("loaded embedding model %s from %s", name, self.paths[name])
+            return self._models[name]
+
+    def preload(self) -> None:
+        """Load every model in a background thread, so the first request does not wait for it."""
+        def load() -> None:
+            for name in self.paths:
+                try:
+                    self._model(name)
+                except Exception:  # noqa: BLE001 - the request that needs it reports the error
+                    log.exception("could not load embedding model %s", name)
+
+        threading.Thread(target=load, name="embedding-preload", daemon=True).start()
+
+    def list_models(self, created: int) -> list[dict[str, Any]]:
+        return [{"id": name, "object": "model", "created": created, "owned_by": "flywheel-local", "root": path,
+                 "parent": None} for name, path in self.paths.items()]
+
+    def embed(self, req: EmbeddingRequest) -> dict[str, Any]:
+        import base64
+
+        import numpy as np
+
+        model = self._model(req.model)
+        texts = [req.input] if isinstance(req.input, str) else list(req.input)
+        with self.lock:
+            vectors = model.embed(texts)
+            tokens = model.count_tokens(texts)
+        if req.dimensions is not None and req.dimensions != vectors.shape[1]:
+            raise ServingRefused(400, f"the embedding model '{req.model}' gives {vectors.shape[1]} dimensions; "
+                                      f"it cannot give {req.dimensions}")
+        if req.encoding_format == "base64":
+            rows = [base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode("ascii") for v in vectors]
+        else:
+            rows = [[float(x) for x in v] for v in vectors]
+        return {"object": "list", "model": req.model,
+                "data": [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def create_app(registry: ModelRegistry, embeddings: EmbeddingModels | None = None):
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse
 
     app = FastAPI(title="flywheel local serving endpoint", version="1")
+    embeddings = embeddings or EmbeddingModels({})
 
     def error(status: int, message: str, kind: str) -> JSONResponse:
         # The shape vLLM and OpenAI use, so a client handles both the same way.
@@ -325,11 +403,15 @@ def create_app(registry: ModelRegistry):
 
     @app.get("/v1/models")
     def models():
-        return {"object": "list", "data": registry.list_models()}
+        return {"object": "list", "data": registry.list_models() + embeddings.list_models(int(time.time()))}
 
     @app.post("/v1/chat/completions")
     def chat(req: ChatRequest):
         return registry.chat(req)
+
+    @app.post("/v1/embeddings")
+    def embed(req: EmbeddingRequest):
+        return embeddings.embed(req)
 
     @app.post("/v1/load_lora_adapter")
     def load(req: LoadAdapter):
@@ -340,6 +422,19 @@ def create_app(registry: ModelRegistry):
         return PlainTextResponse(registry.unload_adapter(req))
 
     return app
+
+
+DEFAULT_EMBEDDING_NAME = "all-MiniLM-L6-v2"
+
+
+def _default_embedding() -> dict[str, str]:
+    from flywheel.adapters.embeddings import EmbeddingModelMissing, default_model_path
+
+    try:
+        return {DEFAULT_EMBEDDING_NAME: default_model_path()}
+    except EmbeddingModelMissing as exc:
+        log.warning("no embedding model served: %s", exc)
+        return {}
 
 
 def _parse_models(values: list[str]) -> dict[str, str]:
@@ -359,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model", action="append", default=[],
                         help="NAME=PATH of a base model to serve (repeat); default: every configured candidate")
+    parser.add_argument("--embedding-model", action="append", default=[],
+                        help="NAME=PATH of a sentence-transformers model to serve at /v1/embeddings (repeat); "
+                             f"default: {DEFAULT_EMBEDDING_NAME} from its package, when installed")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("FLYWHEEL_SERVING_THREADS", "1")))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -373,8 +471,11 @@ def main(argv: list[str] | None = None) -> int:
     bases = _parse_models(args.model) or {name: c.model_path for name, c in cfg.candidates.items()}
     parsers = {name: c.tool_call_parser for name, c in cfg.candidates.items()}
     registry = ModelRegistry(bases, max_new_tokens=cfg.max_new_tokens, max_seq_len=cfg.max_seq_len, parsers=parsers)
-    log.info("serving base models %s on %s:%d", ", ".join(bases), args.host, args.port)
-    uvicorn.run(create_app(registry), host=args.host, port=args.port, log_level="warning")
+    embeddings = EmbeddingModels(_parse_models(args.embedding_model) if args.embedding_model else _default_embedding())
+    embeddings.preload()
+    log.info("serving base models %s and embedding models %s on %s:%d", ", ".join(bases),
+             ", ".join(embeddings.paths) or "none", args.host, args.port)
+    uvicorn.run(create_app(registry, embeddings), host=args.host, port=args.port, log_level="warning")
     return 0
 
 

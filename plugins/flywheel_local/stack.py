@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flywheel.config import PROJECT_ROOT
+from flywheel_local.serving_server import DEFAULT_EMBEDDING_NAME
+from flywheel_operators.devices import visible_gpus
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 ADMIN_USER = "admin"
@@ -379,6 +381,11 @@ def airflow_env(paths: StackPaths, socket_dir: Path) -> dict[str, str]:
         # The serving endpoint approved versions are deployed to (flywheel_local.serving_server).
         "FLYWHEEL_SERVING_URL": os.environ.get("FLYWHEEL_SERVING_URL", serving_url()),
         "FLYWHEEL_SERVING_ADAPTERS": os.environ.get("FLYWHEEL_SERVING_ADAPTERS", str(paths.serving_adapters)),
+        # In-context example selection and the similarity scorer embed through that endpoint too: it
+        # serves all-MiniLM-L6-v2 from one long-lived process, so no task loads the model itself
+        # (~12 CPU-seconds each time). A connection of the user's own wins.
+        "AIRFLOW_CONN_FLYWHEEL_EMBEDDINGS": os.environ.get("AIRFLOW_CONN_FLYWHEEL_EMBEDDINGS") or json.dumps(
+            {"conn_type": "http", "host": f"{serving_url()}/v1", "extra": {"model": DEFAULT_EMBEDDING_NAME}}),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
@@ -386,6 +393,11 @@ def airflow_env(paths: StackPaths, socket_dir: Path) -> dict[str, str]:
         "OMP_WAIT_POLICY": "PASSIVE",  # idle OpenMP threads sleep instead of spinning on shared cores
         "XDG_RUNTIME_DIR": str(paths.home / "run"),
     }
+    if not visible_gpus():
+        # CPU jobs are forked from the warm trainer server `up` starts (a job starts a fresh process
+        # when it is not running; an empty value turns it off).
+        env["FLYWHEEL_TRAINER_WARM_SOCKET"] = os.environ.get("FLYWHEEL_TRAINER_WARM_SOCKET",
+                                                             str(warm_trainer_socket(paths)))
     return {**os.environ, **env}
 
 
@@ -529,8 +541,58 @@ def wait_for_serving(paths: StackPaths, timeout: float = 120.0) -> None:
 
 
 def stop_serving(paths: StackPaths, timeout: float = 20.0) -> bool:
-    pid = component_pid(paths, SERVING)
-    (paths.pids / f"{SERVING}.pid").unlink(missing_ok=True)
+    return _stop_component(paths, SERVING, timeout)
+
+
+# --- the warm trainer server (local backend, CPU only) ----------------------------------------------
+
+WARM_TRAINER = "trainer-warm"
+
+
+def warm_trainer_socket(paths: StackPaths) -> Path:
+    return paths.home / "run" / "trainer-warm.sock"
+
+
+def start_warm_trainer(paths: StackPaths, env: dict[str, str]) -> bool | None:
+    """Start the fork server that CPU jobs of the local backend are forked from (flywheel_trainer.warm),
+    idempotent: True when started now, False when running, None on a machine with GPUs (jobs start
+    fresh processes there: a process that has initialised CUDA cannot fork safely)."""
+    from flywheel_operators.devices import trainer_environment
+
+    if visible_gpus():
+        return None
+    if component_pid(paths, WARM_TRAINER):
+        return False
+    log = (paths.logs / "trainer-warm.log").open("ab")
+    # Only the trainer's allow-listed environment: the jobs forked from it must not inherit the
+    # Airflow secrets this stack's environment holds.
+    proc = subprocess.Popen([sys.executable, "-m", "flywheel_trainer", "warm-server",
+                             "--socket", str(warm_trainer_socket(paths))],
+                            env=trainer_environment(env), stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(paths.home))
+    (paths.pids / f"{WARM_TRAINER}.pid").write_text(str(proc.pid))
+    return True
+
+
+def wait_for_warm_trainer(paths: StackPaths, timeout: float = 120.0) -> None:
+    """Until the server listens (its socket appears once torch and transformers are imported)."""
+    deadline = time.monotonic() + timeout
+    while not warm_trainer_socket(paths).exists():
+        if component_pid(paths, WARM_TRAINER) is None:
+            raise RuntimeError(f"the warm trainer server exited; see {paths.logs / 'trainer-warm.log'}")
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"the warm trainer server did not listen within {timeout:.0f}s; "
+                               f"see {paths.logs / 'trainer-warm.log'}")
+        time.sleep(0.2)
+
+
+def stop_warm_trainer(paths: StackPaths, timeout: float = 20.0) -> bool:
+    return _stop_component(paths, WARM_TRAINER, timeout)
+
+
+def _stop_component(paths: StackPaths, name: str, timeout: float) -> bool:
+    pid = component_pid(paths, name)
+    (paths.pids / f"{name}.pid").unlink(missing_ok=True)
     if not pid:
         return False
     try:

@@ -100,6 +100,7 @@ def e2e_stack(tmp_path_factory):
         judge.stop()
         stack.stop_airflow(paths)
         stack.stop_serving(paths)
+        stack.stop_warm_trainer(paths)
         stack.stop_postgres(paths)
         os.environ.clear()
         os.environ.update(saved)

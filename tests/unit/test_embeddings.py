@@ -66,3 +66,31 @@ def test_domain_modules_import_without_torch():
         "assert 'torch' not in sys.modules and 'sentence_transformers' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tasks_embed_through_the_connection_when_it_exists(monkeypatch):
+    """The flywheel_embeddings connection (an AIRFLOW_CONN_ variable here) selects the endpoint;
+    without it the tasks run MiniLM themselves. Its errors name the connection."""
+    import json
+
+    from flywheel.adapters import airflow_tasks
+    from flywheel.adapters.embeddings import EndpointEmbedder
+
+    monkeypatch.setenv("AIRFLOW_CONN_FLYWHEEL_EMBEDDINGS", json.dumps(
+        {"conn_type": "http", "host": "http://tei.internal:8080/v1/", "password": "sk-emb",
+         "extra": {"model": "bge-small-en-v1.5"}}))
+    airflow_tasks.embedder.cache_clear()
+    try:
+        remote = airflow_tasks.embedder()
+        assert isinstance(remote, EndpointEmbedder)
+        assert (remote.base_url, remote.model, remote.name) == (
+            "http://tei.internal:8080/v1", "bge-small-en-v1.5", "bge-small-en-v1.5 (endpoint)")
+        monkeypatch.setenv("AIRFLOW_CONN_FLYWHEEL_EMBEDDINGS", json.dumps({"conn_type": "http", "host": "h"}))
+        airflow_tasks.embedder.cache_clear()
+        with pytest.raises(ValueError, match='flywheel_embeddings: extra must name the embedding model'):
+            airflow_tasks.embedder()
+        monkeypatch.delenv("AIRFLOW_CONN_FLYWHEEL_EMBEDDINGS")
+        airflow_tasks.embedder.cache_clear()
+        assert isinstance(airflow_tasks.embedder(), LocalMiniLM)
+    finally:
+        airflow_tasks.embedder.cache_clear()

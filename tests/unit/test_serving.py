@@ -74,12 +74,15 @@ def micro(tmp_path_factory):
 def server(micro):
     import uvicorn
 
-    from flywheel_local.serving_server import ModelRegistry, create_app
+    from flywheel.adapters.embeddings import default_model_path
+    from flywheel_local.serving_server import EmbeddingModels, ModelRegistry, create_app
 
     registry = ModelRegistry({"micro-a": str(micro["a"]), "micro-b": str(micro["b"])}, max_new_tokens=12,
                              max_seq_len=128)
+    embeddings = EmbeddingModels({"all-MiniLM-L6-v2": default_model_path()})
     port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(registry), host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(create_app(registry, embeddings), host="127.0.0.1", port=port,
+                                        log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -163,6 +166,58 @@ def test_refusals_are_clear_and_leave_serving_unchanged(client, micro):
     assert _answer(client, "micro-a") == base_answer
     assert _answer(client, name) != base_answer
     client.unload_adapter(name)
+
+
+def test_embeddings_endpoint_gives_the_in_process_vectors(server):
+    """/v1/embeddings through the openai SDK (EndpointEmbedder): the vectors of MiniLM run in this
+    process, in input order, whatever the request size and with empty texts (to float32 rounding:
+    a different batching pads differently)."""
+    import numpy as np
+
+    from flywheel.adapters.embeddings import EndpointEmbedder, LocalMiniLM
+
+    texts = ["where is my order A-100234?", "", "Book a table for two tonight.", "refund   please"] * 3
+    remote = EndpointEmbedder(f"{server}/v1", "all-MiniLM-L6-v2", batch_size=5)  # 3 requests
+    got = remote.embed(texts)
+    want = LocalMiniLM().embed([t if t.strip() else " " for t in texts])
+    assert got.dtype == np.float32 and got.shape == (12, 384)
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    assert remote.embed([]).shape == (0, 384)
+    assert remote.name == "all-MiniLM-L6-v2 (endpoint)"
+
+
+def test_embeddings_endpoint_speaks_openai_and_refuses_clearly(server):
+    import base64
+
+    import httpx
+    import numpy as np
+
+    url = f"{server}/v1/embeddings"
+    plain = httpx.post(url, json={"model": "all-MiniLM-L6-v2", "input": "hello"}, timeout=60).json()
+    packed = httpx.post(url, json={"model": "all-MiniLM-L6-v2", "input": ["hello"], "encoding_format": "base64"},
+                        timeout=60).json()
+    assert plain["object"] == "list" and plain["data"][0]["index"] == 0 and len(plain["data"][0]["embedding"]) == 384
+    assert plain["usage"]["prompt_tokens"] == 3  # [CLS] hello [SEP]
+    decoded = np.frombuffer(base64.b64decode(packed["data"][0]["embedding"]), dtype="<f4")
+    np.testing.assert_array_equal(decoded, np.asarray(plain["data"][0]["embedding"], dtype=np.float32))
+    assert "all-MiniLM-L6-v2" in {m["id"] for m in httpx.get(f"{server}/v1/models").json()["data"]}
+
+    unknown = httpx.post(url, json={"model": "micro-a", "input": "x"}, timeout=60)
+    assert unknown.status_code == 404 and "not served here" in unknown.json()["error"]["message"]
+    dims = httpx.post(url, json={"model": "all-MiniLM-L6-v2", "input": "x", "dimensions": 64}, timeout=60)
+    assert dims.status_code == 400 and "384 dimensions" in dims.json()["error"]["message"]
+    too_many = httpx.post(url, json={"model": "all-MiniLM-L6-v2", "input": ["x"] * 2049}, timeout=60)
+    assert too_many.status_code == 400
+    tokens = httpx.post(url, json={"model": "all-MiniLM-L6-v2", "input": [[1, 2, 3]]}, timeout=60)
+    assert tokens.status_code == 400  # token-id inputs are not supported
+
+
+def test_embeddings_endpoint_down_names_it():
+    from flywheel.adapters.embeddings import EndpointEmbedder
+
+    dead = EndpointEmbedder(f"http://127.0.0.1:{_free_port()}/v1", "all-MiniLM-L6-v2", timeout=2, max_retries=0)
+    with pytest.raises(RuntimeError, match=r"embeddings endpoint http://127\.0\.0\.1:\d+/v1 \(model 'all-MiniLM-L6-v2'\) failed"):
+        dead.embed(["x"])
 
 
 def test_endpoint_down_is_a_clear_error():

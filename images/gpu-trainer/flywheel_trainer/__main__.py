@@ -7,6 +7,9 @@
   python -m flywheel_trainer run --spec-json '{...}'    (Kubernetes pod: one argument, no shell)
       [--result-file /airflow/xcom/return.json]         (the pod's result, read back by Airflow)
       one experiment: base / icl (generate only) or lora (fine-tune an adapter, then generate)
+  python -m flywheel_trainer warm-server --socket PATH
+      local backend on CPU: start jobs from a process with torch and transformers imported
+      (flywheel_trainer.warm)
 
 Exit status: 0 done, 2 invalid arguments / spec / input file (one line on stderr says which field
 and how to fix it), 3 out of accelerator memory even at a micro-batch of one (the line names the
@@ -54,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--result-file", type=Path,
                    help="also write the job's metrics (JSON) here, e.g. /airflow/xcom/return.json in a "
                         "Kubernetes pod, where Airflow reads a pod's result")
+    p = sub.add_parser("warm-server", help="local backend, CPU only: a fork server with torch and transformers "
+                                           "imported, which starts each job without the import cost")
+    p.add_argument("--socket", type=Path, required=True, help="Unix socket to listen on")
     return parser
 
 
@@ -75,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                      steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                      bpe_dropout=args.bpe_dropout)
             return 0
+        if args.command == "warm-server":
+            from flywheel_trainer.warm import serve
+
+            return serve(args.socket)
         source = f"--spec {args.spec}" if args.spec else "--spec-json"
         try:
             raw = json.loads(args.spec.read_text(encoding="utf-8")) if args.spec else json.loads(args.spec_json)

@@ -26,8 +26,29 @@ def get_conn():
     return PostgresHook(postgres_conn_id=FLYWHEEL_CONN_ID).get_conn()
 
 
+EMBEDDINGS_CONN_ID = os.environ.get("FLYWHEEL_EMBEDDINGS_CONN_ID", "flywheel_embeddings")
+
+
 @lru_cache(maxsize=1)
 def embedder():
+    """The ``flywheel_embeddings`` connection's endpoint when it exists (no model in this process),
+    else all-MiniLM-L6-v2 loaded here."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from flywheel.adapters.embeddings import EndpointEmbedder
+    from flywheel.adapters.judge_client import endpoint_from_connection
+
+    try:
+        conn = BaseHook.get_connection(EMBEDDINGS_CONN_ID)
+    except AirflowNotFoundException:
+        conn = None
+    if conn is not None:
+        endpoint = endpoint_from_connection(host=conn.host, port=conn.port, schema=conn.schema,
+                                            password=conn.password, extra=conn.extra_dejson,
+                                            conn_id=EMBEDDINGS_CONN_ID, role="embedding")
+        log.info("embeddings from %s (model %s, connection %s)", endpoint.base_url, endpoint.model, EMBEDDINGS_CONN_ID)
+        return EndpointEmbedder(endpoint.base_url, endpoint.model, endpoint.api_key.get_secret_value())
     import torch
 
     from flywheel.adapters.embeddings import LocalMiniLM

@@ -37,7 +37,7 @@ class JudgeEndpoint(BaseModel):
 
 def endpoint_from_connection(*, host: str | None, port: int | None = None, schema: str | None = None,
                              password: str | None = None, extra: Mapping[str, Any] | None = None,
-                             conn_id: str = "flywheel_judge") -> JudgeEndpoint:
+                             conn_id: str = "flywheel_judge", role: str = "judge") -> JudgeEndpoint:
     """The endpoint of an Airflow connection: host = base URL (``https://api.example.com/v1``) or
     a bare host with port and schema (``vllm``, 8000, ``v1`` -> ``http://vllm:8000/v1``); password =
     API key (servers that need none accept any); extra ``{"model": "..."}``."""
@@ -46,7 +46,8 @@ def endpoint_from_connection(*, host: str | None, port: int | None = None, schem
     if not host:
         raise ValueError(f"connection {conn_id}: host (the endpoint's base URL) is empty")
     if not isinstance(model, str) or not model.strip():
-        raise ValueError(f'connection {conn_id}: extra must name the judge model, e.g. {{"model": "gpt-4o-mini"}}')
+        example = "gpt-4o-mini" if role == "judge" else "all-MiniLM-L6-v2"
+        raise ValueError(f'connection {conn_id}: extra must name the {role} model, e.g. {{"model": "{example}"}}')
     if "://" in host:
         base = host.rstrip("/")
     else:
