@@ -3,8 +3,17 @@ see them (no torch or Airflow import)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+# Read by the trainer (flywheel_trainer.device.CpuShare; the names are repeated there, which imports
+# nothing of this package).
+CPU_SHARE_DIR_ENV = "FLYWHEEL_CPU_SHARE_DIR"
+CPU_SHARE_CORES_ENV = "FLYWHEEL_CPU_SHARE_CORES"
 
 NVIDIA_DRIVER_GPUS = Path("/proc/driver/nvidia/gpus")
 
@@ -31,6 +40,21 @@ def cpu_threads_env(slots: int | None = None) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
+@contextmanager
+def cpu_share(directory: Path) -> Iterator[dict[str, str]]:
+    """Register a running CPU job for as long as the block lasts (a file locked by this process):
+    the trainer counts the jobs registered in ``directory`` and takes ``cores // jobs`` threads,
+    following them as they start and end. Yields the trainer's environment for it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"job-{os.getpid()}-{uuid.uuid4().hex[:8]}.lock"
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield {CPU_SHARE_DIR_ENV: str(directory), CPU_SHARE_CORES_ENV: str(len(os.sched_getaffinity(0)))}
+        finally:
+            path.unlink(missing_ok=True)
+
+
 # What the trainer process inherits from the worker, nothing else: no Airflow configuration, JWT
 # or API secrets, no database URLs, no connections. Object-storage credentials are added
 # explicitly (the standard AWS variables, from the artifacts connection).
@@ -39,6 +63,7 @@ TRAINER_ENV_ALLOWLIST = (
     "PYTHONPATH", "LD_LIBRARY_PATH", "CUDA_HOME", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE",
     "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM",
     "XDG_CACHE_HOME", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS",
+    CPU_SHARE_DIR_ENV, CPU_SHARE_CORES_ENV,
 )
 
 

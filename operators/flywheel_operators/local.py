@@ -27,7 +27,13 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from flywheel.adapters import object_storage
 from flywheel.gpu_job import GpuJob
-from flywheel_operators.devices import TRAINER_ENV_ALLOWLIST, cpu_threads_env, trainer_environment, visible_gpus  # noqa: F401
+from flywheel_operators.devices import (  # noqa: F401  (TRAINER_ENV_ALLOWLIST, trainer_environment: imported from here)
+    TRAINER_ENV_ALLOWLIST,
+    cpu_share,
+    cpu_threads_env,
+    trainer_environment,
+    visible_gpus,
+)
 
 SPEC_ERROR_EXIT = 2
 # A warm trainer server's socket (flywheel_trainer.warm; the embedded stack starts one on a machine
@@ -118,12 +124,14 @@ class LocalGpuJobOperator(BaseOperator):
             spec_path = fh.name
         cmd = [self.python, *self.entrypoint, *job.args, "--spec", spec_path]
         try:
-            with claim_gpus(job.gpus, log=self.log) as gpus:
+            with claim_gpus(job.gpus, log=self.log) as gpus, ExitStack() as held:
                 extra = {**object_storage.trainer_env()}
                 if gpus:
                     extra["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
                 else:
                     extra.update(cpu_threads_env())
+                    # The CPU jobs running now share the cores; the trainer follows their number.
+                    extra.update(held.enter_context(cpu_share(gpu_lock_dir() / "cpu-jobs")))
                 env = trainer_environment(extra=extra)
                 self.log.info("Running %s on %s", " ".join(cmd), f"GPU(s) {','.join(gpus)}" if gpus else "CPU")
                 rc, tail, wall = self._run(cmd, env)

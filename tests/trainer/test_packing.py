@@ -115,3 +115,40 @@ def test_no_shared_prefix_when_examples_differ_early_or_a_label_is_inside_it():
     # The answer would start inside the common tokens: the prefix stops before its first label.
     assert shared_prefix_length([([1, 2, 3, 4], [-100, 2, 3, 4]), ([1, 2, 3, 5], [-100, -100, 3, 5])]) == 0
     assert not worth_sharing([([1] * 20, [-100] * 20)], 19)  # one example: nothing to share
+
+
+def test_cpu_share_follows_the_running_jobs(tmp_path):
+    import fcntl
+
+    import torch
+
+    from flywheel_trainer.device import CpuShare
+
+    held = []
+
+    def start_job(name):
+        fh = open(tmp_path / f"{name}.lock", "w")
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        held.append(fh)
+
+    before = torch.get_num_threads()
+    try:
+        share = CpuShare(tmp_path, 4, every_seconds=0)
+        start_job("me")
+        assert share.adjust() == 4 and torch.get_num_threads() == 4  # alone: every core
+        start_job("other")
+        (tmp_path / "crashed.lock").write_text("")  # unlocked: not running
+        assert share.running() == 2 and share.adjust() == 2 and torch.get_num_threads() == 2
+        start_job("third")
+        assert share.adjust() == 1  # never below one thread
+        for fh in held[1:]:
+            fh.close()  # the others ended
+        assert share.adjust() == 4
+        slow = CpuShare(tmp_path, 4, every_seconds=3600)
+        assert slow.adjust() == 4
+        start_job("late")
+        assert slow.adjust() == 4 and slow.adjust(force=True) == 2  # checked at most every_seconds
+    finally:
+        for fh in held:
+            fh.close()
+        torch.set_num_threads(before)

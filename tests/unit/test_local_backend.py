@@ -119,3 +119,38 @@ def test_complete_outputs_are_not_recomputed(tmp_path, monkeypatch):
     object_storage.path(f"{output}/predictions.jsonl").write_text('{"id": "1", "output": "x"}\n')
     result = _operator(python="/nonexistent/python").run_job(_job(output))  # would fail if it ran
     assert result["reused"] is True and result["generate_seconds"] == 1.0 and result["output_dir"] == output
+
+
+def test_cpu_jobs_share_the_cores_and_follow_each_other(tmp_path, monkeypatch):
+    """A CPU job is registered in the share folder while it runs; the trainer's CpuShare counts the
+    registered jobs (a crashed job's unlocked file does not count) and takes cores // jobs threads."""
+    import json
+
+    monkeypatch.setenv("FLYWHEEL_ARTIFACTS", f"file://{tmp_path}")
+    monkeypatch.setenv("FLYWHEEL_GPU_LOCK_DIR", str(tmp_path / "locks"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # a CPU machine
+    output = object_storage.experiment_uri("d/r", "w|c|base")
+    # The "trainer": reports what it sees through the job's metrics.
+    script = (
+        "import json, os, sys; from pathlib import Path; from flywheel_trainer.device import CpuShare; "
+        "share = CpuShare.from_env(); out = Path(json.load(open(sys.argv[-1]))['output_uri'][len('file://'):]); "
+        "out.mkdir(parents=True, exist_ok=True); (out / 'predictions.jsonl').write_text(''); "
+        "(out / 'metrics.json').write_text(json.dumps({'running': share.running(), 'cores': share.cores, "
+        "'threads': share.adjust(force=True)}))"
+    )
+    share_dir = tmp_path / "locks" / "cpu-jobs"
+    share_dir.mkdir(parents=True)
+    (share_dir / "job-crashed.lock").write_text("")  # nobody holds it
+    op = LocalGpuJobOperator(task_id="gpu_job", job={}, entrypoint=["-c", script])
+    cores = len(os.sched_getaffinity(0))
+    alone = op.run_job(_job(output))
+    assert alone["running"] == 1 and alone["cores"] == cores and alone["threads"] == cores
+    assert [p.name for p in share_dir.iterdir()] == ["job-crashed.lock"]  # its own file went with it
+
+    from flywheel_operators.devices import cpu_share
+
+    with cpu_share(share_dir), cpu_share(share_dir):  # two other jobs are running
+        object_storage.path(f"{output}/metrics.json").unlink()
+        shared = op.run_job(_job(output))
+    assert shared["running"] == 3 and shared["threads"] == max(1, cores // 3)
+    assert json.loads(object_storage.path(f"{output}/metrics.json").read_text())["running"] == 3

@@ -277,6 +277,9 @@ def train_lora(model, chat: ChatFormat, train_items: Sequence[ChatItem], val_ite
     if resume:
         print(f"lora: resuming from {resume.name} (of {total_steps} steps)", flush=True)
 
+    from flywheel_trainer.device import cpu_share
+
+    share = cpu_share() if device == "cpu" else None
     per_epoch: list[float] = []
     val_losses: list[float] = []
     first_loss: list[float] = []
@@ -309,6 +312,10 @@ def train_lora(model, chat: ChatFormat, train_items: Sequence[ChatItem], val_ite
 
         def on_save(self, args, state, control, **kwargs):
             _publish_checkpoint(output, state.global_step)
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if share is not None:  # CPU: follow the other jobs starting and ending
+                share.adjust()
 
     tokens_seen = [0]
 

@@ -43,11 +43,16 @@ def generate_transformers(model, tokenizer, prompts: list[list[int]], *, max_new
     of similar length share a batch. An item's latency is the wall time of its batch."""
     import torch
 
+    from flywheel_trainer.device import cpu_share
+
     stops = stop_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[Generated | None] = [None] * len(prompts)
+    share = cpu_share() if device == "cpu" else None
     for start in range(0, len(order), batch_size):
+        if share is not None:
+            share.adjust()
         rows = order[start: start + batch_size]
         width = max(len(prompts[i]) for i in rows)
         input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
