@@ -70,9 +70,10 @@ bench-curation: install ## 100k and 1M records through curation vs the read+pars
 bench-parallel: install ## 3 runs at once vs one at a time on a real scheduler, 1,000 mapped tasks (~80 min)
 	$(PY) bench/parallel/run.py
 
-bench-trainer: models ## LoRA trainer vs a plain transformers Trainer; batched vs one-at-a-time generation (~2 min on CPU)
+bench-trainer: models ## LoRA trainer vs a plain transformers Trainer; batched vs one-at-a-time generation; warm vs fresh job start (~3 min on CPU)
 	$(PY) bench/bench_trainer.py
 	$(PY) bench/bench_generation.py
+	$(PY) bench/bench_job_start.py
 
 leaderboard:
 	$(PY) -m flywheel_local.cli leaderboard

@@ -35,10 +35,11 @@ from flywheel_operators.devices import (  # noqa: F401  (TRAINER_ENV_ALLOWLIST, 
     visible_gpus,
 )
 
-SPEC_ERROR_EXIT = 2
+SPEC_ERROR_EXIT = 2  # the trainer's exit status for an invalid spec or input: retrying cannot help
 # A warm trainer server's socket (flywheel_trainer.warm; the embedded stack starts one on a machine
 # without GPUs): CPU jobs are forked from it instead of starting a fresh interpreter.
-WARM_SOCKET_ENV = "FLYWHEEL_TRAINER_WARM_SOCKET"  # the trainer's exit status for an invalid spec or input: retrying cannot help
+WARM_SOCKET_ENV = "FLYWHEEL_TRAINER_WARM_SOCKET"
+
 
 def gpu_lock_dir() -> Path:
     return Path(os.environ.get("FLYWHEEL_GPU_LOCK_DIR") or Path(tempfile.gettempdir()) / "flywheel-gpu-locks")

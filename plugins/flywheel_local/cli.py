@@ -97,7 +97,8 @@ def up(paths: stack.StackPaths) -> tuple[Path, dict[str, str]]:
         started_warm = stack.start_warm_trainer(paths, env)
         if started_warm is not None:
             stack.wait_for_warm_trainer(paths)
-        say("not used: this machine has GPUs (their jobs start fresh processes)" if started_warm is None
+        say("not used: this machine has GPUs, or FLYWHEEL_TRAINER_WARM_SOCKET is empty (jobs start fresh processes)"
+            if started_warm is None
             else f"{'started' if started_warm else 'already running'} at {stack.warm_trainer_socket(paths)}")
     return socket_dir, env
 

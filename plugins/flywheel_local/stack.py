@@ -23,7 +23,7 @@ from pathlib import Path
 
 from flywheel.config import PROJECT_ROOT
 from flywheel_local.serving_server import DEFAULT_EMBEDDING_NAME
-from flywheel_operators.devices import visible_gpus
+from flywheel_operators.devices import trainer_environment, visible_gpus
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 ADMIN_USER = "admin"
@@ -33,7 +33,7 @@ CPU_ONLY_GPU_SLOTS = 2
 
 
 def detect_gpus() -> int:
-    from flywheel_operators.devices import visible_gpus
+    from flywheel_operators.devices import trainer_environment, visible_gpus
 
     return len(visible_gpus())
 
@@ -556,13 +556,13 @@ def warm_trainer_socket(paths: StackPaths) -> Path:
 def start_warm_trainer(paths: StackPaths, env: dict[str, str]) -> bool | None:
     """Start the fork server that CPU jobs of the local backend are forked from (flywheel_trainer.warm),
     idempotent: True when started now, False when running, None on a machine with GPUs (jobs start
-    fresh processes there: a process that has initialised CUDA cannot fork safely)."""
-    from flywheel_operators.devices import trainer_environment
-
-    if visible_gpus():
+    fresh processes there: a process that has initialised CUDA cannot fork safely) or when
+    FLYWHEEL_TRAINER_WARM_SOCKET is set empty."""
+    if visible_gpus() or env.get("FLYWHEEL_TRAINER_WARM_SOCKET") == "":  # GPUs, or turned off
         return None
     if component_pid(paths, WARM_TRAINER):
         return False
+    warm_trainer_socket(paths).unlink(missing_ok=True)  # a crashed server's: wait_for_warm_trainer waits for a new one
     log = (paths.logs / "trainer-warm.log").open("ab")
     # Only the trainer's allow-listed environment: the jobs forked from it must not inherit the
     # Airflow secrets this stack's environment holds.

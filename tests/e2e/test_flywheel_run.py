@@ -108,6 +108,17 @@ def test_full_flywheel_run(e2e_stack, tmp_path):
     state = cli.follow_run(api, DAG_ID, run_id, timeout=1500, interval=3)
     assert state == "success", state
 
+    # The embedded stack's CPU shortcuts were taken (each would fall back to the slow path quietly):
+    # every GPU job was forked by the warm trainer server, and the in-context examples were ranked
+    # with the serving endpoint's MiniLM (no task loaded it).
+    run_logs = next((paths.logs / "tasks" / f"dag_id={DAG_ID}").glob(f"run_id={run_id}"))
+    job_logs = [p.read_text(errors="replace") for p in run_logs.glob("task_id=*gpu_job*/**/*.log")]
+    ran = [log for log in job_logs if "Running " in log]
+    assert ran and all("Started by the warm trainer server" in log for log in ran)
+    assert not any("is not reachable" in log for log in job_logs)
+    prepare_logs = "".join(p.read_text(errors="replace") for p in run_logs.glob("task_id=*prepare_experiment*/**/*.log"))
+    assert f"embeddings from {stack.serving_url()}/v1 (model all-MiniLM-L6-v2" in prepare_logs
+
     # Discovery: the three main workloads are selected, the small one is skipped with its reason.
     workloads = {r["workload_id"]: r for r in e2e_stack.rows("SELECT * FROM workloads WHERE run_key = %s", (run_key,))}
     selected = sorted(w for w, r in workloads.items() if r["selected"])
