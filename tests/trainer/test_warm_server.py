@@ -92,6 +92,37 @@ def test_errors_come_back_as_from_a_fresh_process(tmp_path, warm_server, monkeyp
     assert rc == 2 and "one of the arguments --spec --spec-json is required" in tail[-1]
 
 
+def test_a_bad_request_is_refused_and_the_server_goes_on(tmp_path, warm_server):
+    import socket
+
+    def ask(payload: bytes, fds: list[int]) -> dict:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(str(warm_server))
+            socket.send_fds(conn, [payload], fds)
+            return json.loads(conn.makefile().readline())
+
+    read_end, write_end = os.pipe()
+    try:
+        # Half a line, then nothing: refused after REQUEST_TIMEOUT, not waited on forever.
+        assert "timed out" in ask(b"not json", [write_end])["error"]
+        assert "Expecting value" in ask(b"not json\n", [write_end])["error"]
+        assert "'argv' (strings)" in ask(b'{"argv": [1], "env": {}}\n', [write_end])["error"]
+        assert "'argv' (strings)" in ask(b"[1, 2]\n", [write_end])["error"]
+        assert "one file descriptor" in ask(b'{"argv": [], "env": {}}\n', [])["error"]
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    # still serving: a real (refused) job runs and exits 2
+    op = _operator()
+    os.environ[WARM_SOCKET_ENV] = str(warm_server)
+    try:
+        rc, tail, _ = op._run([sys.executable, "-m", "flywheel_trainer", "run", "--spec", str(tmp_path / "x.json")],
+                              trainer_environment())
+    finally:
+        os.environ.pop(WARM_SOCKET_ENV)
+    assert rc == 2 and "cannot read the job spec" in tail[-1]
+
+
 def test_a_killed_task_stops_its_forked_job(tmp_path, warm_server, monkeypatch, capfd):
     corpus = write_jsonl(tmp_path / "corpus.jsonl", corpus_docs(200, seed=1))
     monkeypatch.setenv(WARM_SOCKET_ENV, str(warm_server))

@@ -40,6 +40,7 @@ PRELOAD = (
     "flywheel_trainer.job", "flywheel_trainer.finetune", "flywheel_trainer.generate", "flywheel_trainer.chat",
 )
 MAX_REQUEST_BYTES = 1 << 20
+REQUEST_TIMEOUT = 10.0  # seconds a caller has to send its request after connecting
 
 
 def preload() -> None:
@@ -92,24 +93,31 @@ def _child(request: dict, out_fd: int, listener: socket.socket, conn: socket.soc
 
 
 def _read_request(conn: socket.socket) -> tuple[dict, int]:
+    """The caller's request and output pipe. A caller that sends nothing within REQUEST_TIMEOUT
+    seconds, or not one JSON line with one descriptor, is refused (ValueError / OSError) and any
+    descriptor it sent is closed: one bad caller never holds up the others (the loop is single)."""
     data, fds = b"", []
-    while not data.endswith(b"\n"):
-        chunk, got, _flags, _addr = socket.recv_fds(conn, 65536, 1)
-        fds += got
-        if not chunk:
-            break
-        data += chunk
-        if len(data) > MAX_REQUEST_BYTES:
-            break
-    if len(fds) != 1 or not data.endswith(b"\n"):
+    conn.settimeout(REQUEST_TIMEOUT)
+    try:
+        while not data.endswith(b"\n"):
+            chunk, got, _flags, _addr = socket.recv_fds(conn, 65536, 1)
+            fds += got
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > MAX_REQUEST_BYTES:
+                break
+        if len(fds) != 1 or not data.endswith(b"\n"):
+            raise ValueError("expected one JSON line and one file descriptor")
+        request = json.loads(data)
+        if not (isinstance(request, dict) and isinstance(request.get("argv"), list)
+                and all(isinstance(a, str) for a in request["argv"]) and isinstance(request.get("env"), dict)):
+            raise ValueError("the request needs 'argv' (strings) and 'env' (an object)")
+    except (OSError, ValueError):
         for fd in fds:
             os.close(fd)
-        raise ValueError("expected one JSON line and one file descriptor")
-    request = json.loads(data)
-    if not (isinstance(request.get("argv"), list) and all(isinstance(a, str) for a in request["argv"])
-            and isinstance(request.get("env"), dict)):
-        os.close(fds[0])
-        raise ValueError("the request needs 'argv' (strings) and 'env' (an object)")
+        raise
+    conn.settimeout(None)
     return request, fds[0]
 
 
