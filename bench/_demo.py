@@ -24,10 +24,15 @@ def router_records(n_records: int, days: int) -> list:
             if getattr(r, "workload_id", None) == "tool_router"]
 
 
-def load_chat(model: Path):
-    """(runtime, tokenizer, chat format) of the model directory; exits with a hint when it is missing."""
+def require_model(model: Path) -> None:
+    """Exits with a hint when the model directory is missing."""
     if not (model / "config.json").is_file():
         raise SystemExit(f"no model at {model}: run `make models` first (or pass --model)")
+
+
+def load_chat(model: Path):
+    """(runtime, tokenizer, chat format) of the model directory; exits with a hint when it is missing."""
+    require_model(model)
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 

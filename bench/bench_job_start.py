@@ -26,7 +26,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from _demo import add_model_arg, router_records
+from _demo import add_model_arg, require_model, router_records
 
 
 def _children_cpu_of(pid: int) -> float:
@@ -46,10 +46,9 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    if not (args.model / "config.json").is_file():
-        raise SystemExit(f"no model at {args.model}: run `make models` first (or pass --model)")
+    require_model(args.model)
     from flywheel.prompts import eval_item
-    from flywheel_operators.local import LocalGpuJobOperator, trainer_environment
+    from flywheel_operators.local import WARM_SOCKET_ENV, LocalGpuJobOperator, trainer_environment
 
     root = Path(tempfile.mkdtemp(prefix="bench-job-start-"))
     items = [eval_item({"id": r.source_id, "request": r.request}) for r in router_records(600, 2)[: args.items]]
@@ -77,10 +76,10 @@ def main() -> None:
         for _ in range(args.repeats):
             for side in ("fresh", "warm"):
                 if side == "warm":
-                    os.environ["FLYWHEEL_TRAINER_WARM_SOCKET"] = str(sock)
+                    os.environ[WARM_SOCKET_ENV] = str(sock)
                     cpu_before = _children_cpu_of(server.pid)
                 else:
-                    os.environ.pop("FLYWHEEL_TRAINER_WARM_SOCKET", None)
+                    os.environ.pop(WARM_SOCKET_ENV, None)
                     cpu_before = _own_children_cpu()
                 t0 = time.perf_counter()
                 rc, tail, _ = op._run(cmd, env)

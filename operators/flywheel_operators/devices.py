@@ -14,6 +14,9 @@ from pathlib import Path
 # nothing of this package).
 CPU_SHARE_DIR_ENV = "FLYWHEEL_CPU_SHARE_DIR"
 CPU_SHARE_CORES_ENV = "FLYWHEEL_CPU_SHARE_CORES"
+# A warm trainer server's socket (flywheel_trainer.warm; the embedded stack starts one on a machine
+# without GPUs): CPU jobs are forked from it instead of starting a fresh interpreter. Set empty: off.
+WARM_SOCKET_ENV = "FLYWHEEL_TRAINER_WARM_SOCKET"
 
 NVIDIA_DRIVER_GPUS = Path("/proc/driver/nvidia/gpus")
 

@@ -29,6 +29,7 @@ from flywheel.adapters import object_storage
 from flywheel.gpu_job import GpuJob
 from flywheel_operators.devices import (  # noqa: F401  (TRAINER_ENV_ALLOWLIST, trainer_environment: imported from here)
     TRAINER_ENV_ALLOWLIST,
+    WARM_SOCKET_ENV,
     cpu_share,
     cpu_threads_env,
     trainer_environment,
@@ -36,9 +37,6 @@ from flywheel_operators.devices import (  # noqa: F401  (TRAINER_ENV_ALLOWLIST, 
 )
 
 SPEC_ERROR_EXIT = 2  # the trainer's exit status for an invalid spec or input: retrying cannot help
-# A warm trainer server's socket (flywheel_trainer.warm; the embedded stack starts one on a machine
-# without GPUs): CPU jobs are forked from it instead of starting a fresh interpreter.
-WARM_SOCKET_ENV = "FLYWHEEL_TRAINER_WARM_SOCKET"
 
 
 def gpu_lock_dir() -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from flywheel.config import PROJECT_ROOT
 from flywheel_local.serving_server import DEFAULT_EMBEDDING_NAME
-from flywheel_operators.devices import trainer_environment, visible_gpus
+from flywheel_operators.devices import WARM_SOCKET_ENV, trainer_environment, visible_gpus
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 ADMIN_USER = "admin"
@@ -33,8 +33,6 @@ CPU_ONLY_GPU_SLOTS = 2
 
 
 def detect_gpus() -> int:
-    from flywheel_operators.devices import trainer_environment, visible_gpus
-
     return len(visible_gpus())
 
 
@@ -396,8 +394,7 @@ def airflow_env(paths: StackPaths, socket_dir: Path) -> dict[str, str]:
     if not visible_gpus():
         # CPU jobs are forked from the warm trainer server `up` starts (a job starts a fresh process
         # when it is not running; an empty value turns it off).
-        env["FLYWHEEL_TRAINER_WARM_SOCKET"] = os.environ.get("FLYWHEEL_TRAINER_WARM_SOCKET",
-                                                             str(warm_trainer_socket(paths)))
+        env[WARM_SOCKET_ENV] = os.environ.get(WARM_SOCKET_ENV, str(warm_trainer_socket(paths)))
     return {**os.environ, **env}
 
 
@@ -558,7 +555,7 @@ def start_warm_trainer(paths: StackPaths, env: dict[str, str]) -> bool | None:
     idempotent: True when started now, False when running, None on a machine with GPUs (jobs start
     fresh processes there: a process that has initialised CUDA cannot fork safely) or when
     FLYWHEEL_TRAINER_WARM_SOCKET is set empty."""
-    if visible_gpus() or env.get("FLYWHEEL_TRAINER_WARM_SOCKET") == "":  # GPUs, or turned off
+    if visible_gpus() or env.get(WARM_SOCKET_ENV) == "":  # GPUs, or turned off
         return None
     if component_pid(paths, WARM_TRAINER):
         return False

@@ -92,7 +92,7 @@ def test_errors_come_back_as_from_a_fresh_process(tmp_path, warm_server, monkeyp
     assert rc == 2 and "one of the arguments --spec --spec-json is required" in tail[-1]
 
 
-def test_a_bad_request_is_refused_and_the_server_goes_on(tmp_path, warm_server):
+def test_a_bad_request_is_refused_and_the_server_goes_on(tmp_path, warm_server, monkeypatch):
     import socket
 
     def ask(payload: bytes, fds: list[int]) -> dict:
@@ -113,13 +113,9 @@ def test_a_bad_request_is_refused_and_the_server_goes_on(tmp_path, warm_server):
         os.close(read_end)
         os.close(write_end)
     # still serving: a real (refused) job runs and exits 2
-    op = _operator()
-    os.environ[WARM_SOCKET_ENV] = str(warm_server)
-    try:
-        rc, tail, _ = op._run([sys.executable, "-m", "flywheel_trainer", "run", "--spec", str(tmp_path / "x.json")],
-                              trainer_environment())
-    finally:
-        os.environ.pop(WARM_SOCKET_ENV)
+    monkeypatch.setenv(WARM_SOCKET_ENV, str(warm_server))
+    rc, tail, _ = _operator()._run([sys.executable, "-m", "flywheel_trainer", "run", "--spec", str(tmp_path / "x.json")],
+                                   trainer_environment())
     assert rc == 2 and "cannot read the job spec" in tail[-1]
 
 
