@@ -84,14 +84,17 @@ def _with_shared_prompt(n: int, seed: int):
 
 
 @pytest.mark.parametrize("kind", ["LlamaConfig", "Qwen2Config"])
-def test_a_shared_prefix_computed_once_gives_the_same_loss_and_gradients(kind):
+@pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_shared_prefix_computed_once_gives_the_same_loss_and_gradients(kind, pack, attention):
     import torch
 
     from flywheel_trainer.finetune import answer_loss, shared_prefix_loss, shared_prefix_supported
     from flywheel_trainer.packing import collate_shared_prefix, shared_prefix_length, worth_sharing
 
     model = _model(kind)
-    examples = _with_shared_prompt(5, seed=2)
+    model.config._attn_implementation = attention
+    examples = _with_shared_prompt(8, seed=4)
     prefix = shared_prefix_length(examples)
     assert prefix == 24 and worth_sharing(examples, prefix)
 
@@ -101,11 +104,34 @@ def test_a_shared_prefix_computed_once_gives_the_same_loss_and_gradients(kind):
         loss.backward()
         return loss.item(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
 
-    shared, g_shared = loss_and_grad(shared_prefix_loss, collate_shared_prefix(examples, prefix, pad_id=0))
+    batch = collate_shared_prefix(examples, prefix, pad_id=0, pack=pack)
+    if pack:
+        assert batch["input_ids"].shape[0] < len(examples)  # several examples' own tokens share a row
+    shared, g_shared = loss_and_grad(shared_prefix_loss, batch)
     padded, g_padded = loss_and_grad(answer_loss, collate_padded(examples, pad_id=0))
     assert shared == pytest.approx(padded, rel=1e-5)
     assert torch.allclose(g_shared, g_padded, rtol=1e-4, atol=1e-6)
-    assert shared_prefix_supported(model, pad_id=0, device="cpu")
+    assert shared_prefix_supported(model, pad_id=0, device="cpu", pack=pack)
+
+
+def test_packed_rows_after_a_shared_prefix_mask_each_example_apart():
+    from flywheel_trainer.packing import collate_shared_prefix
+
+    prefix = [7, 8, 9]
+    a, b, c = ([1, 2, 3, 4], [-100, 2, 3, 4]), ([5, 6], [-100, 6]), ([11], [-100])
+    examples = [(prefix + ids, [-100] * 3 + lab) for ids, lab in (a, b, c)]
+    batch = collate_shared_prefix(examples, 3, pad_id=0, pack=True)
+    assert batch["prefix_ids"].tolist() == [prefix]
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4], [5, 6, 11, 0]]  # rows as long as the longest
+    assert batch["position_ids"].tolist() == [[3, 4, 5, 6], [3, 4, 3, 3]]  # each example continues the prefix
+    assert batch["labels"].tolist() == [[-100, 2, 3, 4], [-100, 6, -100, -100]]
+    mask = batch["attention_mask"]
+    assert mask.shape == (2, 1, 4, 3 + 4)
+    row = mask[1, 0].int().tolist()  # keys: the prefix's 3, then the row's 4 tokens
+    assert row[0] == [1, 1, 1, 1, 0, 0, 0]  # b's first token: the prefix and itself
+    assert row[1] == [1, 1, 1, 1, 1, 0, 0]  # b's second token: the prefix and b so far
+    assert row[2] == [1, 1, 1, 0, 0, 1, 0]  # c: the prefix and itself, never b
+    assert row[3] == [1, 1, 1, 0, 0, 0, 0]  # the pad: the prefix only (no row is fully masked)
 
 
 def test_no_shared_prefix_when_examples_differ_early_or_a_label_is_inside_it():

@@ -96,8 +96,9 @@ def answer_loss(model, inputs: dict, labels, num_items_in_batch=None):
 
 def shared_prefix_loss(model, inputs: dict, labels, num_items_in_batch=None):
     """:func:`answer_loss` for a batch from packing.collate_shared_prefix: the prefix runs once
-    (batch of one), its keys and values are repeated for every example, then each example's own
-    tokens run on top. Gradients flow through the prefix once, summed over the examples."""
+    (batch of one), its keys and values are repeated for every row, then the rows (each example's
+    own tokens, packed or padded) run on top. Gradients flow through the prefix once, summed over
+    the examples."""
     import torch
     import torch.nn.functional as F
 
@@ -105,13 +106,16 @@ def shared_prefix_loss(model, inputs: dict, labels, num_items_in_batch=None):
     prefix = inputs["prefix_ids"]
     out = decoder(input_ids=prefix, use_cache=True)
     cache = getattr(out, "cache", None) or out.past_key_values  # transformers >= 5.24 names it `cache`
-    batch, width = inputs["input_ids"].shape
-    cache.batch_repeat_interleave(batch)
-    positions = torch.arange(prefix.shape[1], prefix.shape[1] + width, device=prefix.device).expand(batch, -1)
+    cache.batch_repeat_interleave(inputs["input_ids"].shape[0])
+    mask = inputs["attention_mask"]
+    if mask.dim() == 4 and getattr(model.config, "_attn_implementation", None) == "eager":
+        # eager attention adds the mask to its scores: True (attend) -> 0, False -> the dtype's minimum
+        dtype = model.get_input_embeddings().weight.dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
     cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-    hidden = decoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], position_ids=positions,
+    hidden = decoder(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=inputs["position_ids"],
                      use_cache=True, **{cache_arg: cache}).last_hidden_state
-    target = labels[:, 1:]  # the first token after the prefix has no label (shared_prefix_length)
+    target = labels[:, 1:]  # the first token of every example after the prefix has no label
     keep = target != -100
     logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float()
     loss = F.cross_entropy(logits, target[keep], reduction="sum")
@@ -130,11 +134,14 @@ def _plain_head(model) -> bool:
 
 
 class Collator:
-    """Micro-batch -> tensors: a shared prefix computed once when the examples have a long one,
-    else packed rows of at most ``capacity`` tokens, else padded rows."""
+    """Micro-batch -> tensors: a shared prefix computed once when the examples have a long one (the
+    rest packed when ``pack_prefix``), else packed rows of at most ``capacity`` tokens, else padded
+    rows."""
 
-    def __init__(self, pad_id: int, *, packing: bool, capacity: int, share_prefix: bool) -> None:
+    def __init__(self, pad_id: int, *, packing: bool, capacity: int, share_prefix: bool,
+                 pack_prefix: bool = False) -> None:
         self.pad_id, self.packing, self.capacity, self.share_prefix = pad_id, packing, capacity, share_prefix
+        self.pack_prefix = pack_prefix
         self.batches: Counter = Counter()
 
     def __call__(self, features: list[dict]) -> dict:
@@ -143,7 +150,8 @@ class Collator:
         examples = [(f["input_ids"], f["labels"]) for f in features]
         prefix = shared_prefix_length(examples) if self.share_prefix else 0
         if worth_sharing(examples, prefix):
-            batch, kind = collate_shared_prefix(examples, prefix, self.pad_id), "shared_prefix"
+            batch = collate_shared_prefix(examples, prefix, self.pad_id, pack=self.pack_prefix)
+            kind = "shared_prefix"
         elif self.packing:
             batch, kind = collate_packed(pack_rows(examples, self.capacity), self.pad_id), "packed"
         else:
@@ -170,11 +178,12 @@ def _agree(model, device: str, pad_id: int, batch: dict, reference: dict, loss) 
 
 def _probe_examples(model):
     vocab = model.get_input_embeddings().num_embeddings
-    if vocab <= 40:
+    if vocab <= 45:
         return None
     head = list(range(5, 25))  # a shared prompt of 20 tokens, then each example's own tokens
+    # Own tokens 4, 2, 5 and 3 long: packed into rows of 5, the 2 and the 3 share a row.
     return [(head + [30, 31, 32, 33], [-100] * 21 + [31, 32, 33]), (head + [34, 35], [-100] * 21 + [35]),
-            (head + [36, 37, 38, 39, 40], [-100] * 22 + [38, 39, 40])]
+            (head + [36, 37, 38, 39, 40], [-100] * 22 + [38, 39, 40]), (head + [41, 42, 43], [-100] * 21 + [42, 43])]
 
 
 def packing_supported(model, pad_id: int, device: str) -> bool:
@@ -185,13 +194,14 @@ def packing_supported(model, pad_id: int, device: str) -> bool:
                                            collate_padded(examples, pad_id), answer_loss)
 
 
-def shared_prefix_supported(model, pad_id: int, device: str) -> bool:
-    """Whether running a shared prefix once and the rest on its KV cache gives the same loss."""
+def shared_prefix_supported(model, pad_id: int, device: str, *, pack: bool = False) -> bool:
+    """Whether running a shared prefix once and the rest on its KV cache (packed into rows with a
+    4-D attention mask when ``pack``) gives the same loss as the examples padded."""
     examples = _probe_examples(model)
     if examples is None:
         return False
     prefix = shared_prefix_length(examples)
-    return _agree(model, device, pad_id, collate_shared_prefix(examples, prefix, pad_id),
+    return _agree(model, device, pad_id, collate_shared_prefix(examples, prefix, pad_id, pack=pack),
                   collate_padded(examples, pad_id), shared_prefix_loss)
 
 
@@ -254,6 +264,8 @@ def train_lora(model, chat: ChatFormat, train_items: Sequence[ChatItem], val_ite
     loss_fn = answer_loss if plain_head else _full_loss
     packing = lora.packing and plain_head and packing_supported(model, pad_id, device)
     share_prefix = lora.packing and plain_head and shared_prefix_supported(model, pad_id, device)
+    # Flash attention takes no 4-D mask (the check fails): its rows stay one example each.
+    pack_prefix = share_prefix and shared_prefix_supported(model, pad_id, device, pack=True)
     attn = getattr(model.config, "_attn_implementation", None)
     # Flash attention's varlen kernel costs nothing per row: one row per micro-batch. sdpa / eager
     # attend over a whole row, so rows stay as long as the longest example.
@@ -268,7 +280,8 @@ def train_lora(model, chat: ChatFormat, train_items: Sequence[ChatItem], val_ite
           f"epochs={lora.epochs} batch={lora.batch_size} (micro-batch {lora.micro_batch} x {lora.accumulation_steps}) "
           f"on {device} ({runtime.dtype}); {len(train)} train / {len(val)} val examples, {tokens_per_epoch} tokens "
           f"per epoch; {'packed' if packing else 'padded'} batches"
-          f"{', shared prompt prefixes computed once' if share_prefix else ''}, loss on answer tokens "
+          f"{', shared prompt prefixes computed once' if share_prefix else ''}"
+          f"{' (the rest packed)' if pack_prefix else ''}, loss on answer tokens "
           f"({'LM head on answer tokens only' if plain_head else 'full LM head'}); {trainable:,} trainable parameters",
           flush=True)
 
@@ -331,7 +344,7 @@ def train_lora(model, chat: ChatFormat, train_items: Sequence[ChatItem], val_ite
 
     # Out of memory before the first checkpoint, the retry starts again from these weights.
     initial_adapter = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
-    collator = Collator(pad_id, packing=packing, capacity=capacity, share_prefix=share_prefix)
+    collator = Collator(pad_id, packing=packing, capacity=capacity, share_prefix=share_prefix, pack_prefix=pack_prefix)
     simulate_oom_above = int(os.environ[SIMULATE_OOM_ENV]) if os.environ.get(SIMULATE_OOM_ENV) else None
     val_loss_before = None
     micro = lora.micro_batch
@@ -422,6 +435,7 @@ def train_lora(model, chat: ChatFormat, train_items: Sequence[ChatItem], val_ite
         "train_tokens": tokens_seen[0],
         "train_tokens_per_second": round(tokens_seen[0] / seconds, 1) if seconds else None,
         "packing": packing,
+        "shared_prefix": "packed" if pack_prefix else "padded" if share_prefix else None,
         "batches": dict(collator.batches),  # micro-batches by kind: shared_prefix / packed / padded
         "micro_batch_size": micro,
         "gradient_accumulation": math.ceil(lora.batch_size / micro),

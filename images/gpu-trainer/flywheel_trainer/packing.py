@@ -3,8 +3,10 @@ padding to the longest.
 
 Examples of one workload usually start with the same tokens (the system prompt and the tools'
 JSON schemas, often most of the prompt): :func:`collate_shared_prefix` keeps that prefix once per
-micro-batch, and the trainer runs it once, then every example's own tokens on its KV cache. The
-loss is the same as for the examples one by one (a test checks it).
+micro-batch, and the trainer runs it once, then every example's own tokens on its KV cache; where
+the model takes a 4-D attention mask (sdpa, eager), the examples' own tokens are also packed into
+rows instead of padded to the longest. The loss is the same as for the examples one by one (a test
+checks it).
 
 Packing puts several examples in one row and restarts ``position_ids`` at each example. With no
 attention mask, transformers (5.x, sdpa / eager / flash attention) reads the restarts as sequence
@@ -106,20 +108,44 @@ def worth_sharing(examples: Sequence[Example], prefix: int) -> bool:
     return prefix >= MIN_SHARED_PREFIX and len(examples) > 1 and prefix * (len(examples) - 1) >= 0.2 * total
 
 
-def collate_shared_prefix(examples: Sequence[Example], prefix: int, pad_id: int):
-    """{prefix_ids [1, P], input_ids [B, S] (each example's tokens after the prefix, right-padded),
-    attention_mask [B, P + S], labels [B, S]}."""
+def collate_shared_prefix(examples: Sequence[Example], prefix: int, pad_id: int, *, pack: bool = False):
+    """{prefix_ids [1, P], input_ids [R, S], position_ids [R, S], attention_mask, labels [R, S]}: the
+    tokens every example starts with once, then each example's own tokens (after the prefix), at
+    positions P, P + 1, ...
+
+    Unpacked, each example is a row of its own, right-padded to the longest (R = examples), and
+    ``attention_mask`` is the 2-D [R, P + S] padding mask. Packed, the examples' own tokens are
+    packed first-fit into rows as long as the longest of them (no padding between examples, fewer
+    rows for the prefix's keys and values to be repeated over), and ``attention_mask`` is a 4-D
+    boolean [R, 1, S, P + S] mask: a token attends to the whole prefix and, causally, to its own
+    example; pads at the end of a row attend to the prefix only. The first token of every example
+    after the prefix has no label (:func:`shared_prefix_length`), so no example's loss reads another's.
+    """
     import torch
 
-    width = max(len(ids) - prefix for ids, _ in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    attention = torch.zeros((len(examples), prefix + width), dtype=torch.long)
-    attention[:, :prefix] = 1
-    for i, (ids, lab) in enumerate(examples):
-        n = len(ids) - prefix
-        input_ids[i, :n] = torch.as_tensor(list(ids[prefix:]))
-        labels[i, :n] = torch.as_tensor(list(lab[prefix:]))
-        attention[i, prefix:prefix + n] = 1
+    own = [(list(ids[prefix:]), list(labels[prefix:])) for ids, labels in examples]
+    width = max(len(ids) for ids, _ in own)
+    rows = first_fit_decreasing([len(ids) for ids, _ in own], width) if pack else [[k] for k in range(len(own))]
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    positions = torch.full((len(rows), width), prefix, dtype=torch.long)
+    segment = torch.full((len(rows), width), -1, dtype=torch.long)  # which example a token is; -1: pad
+    for r, row in enumerate(rows):
+        at = 0
+        for k in row:
+            ids, lab = own[k]
+            n = len(ids)
+            input_ids[r, at:at + n] = torch.as_tensor(ids)
+            labels[r, at:at + n] = torch.as_tensor(lab)
+            labels[r, at] = -100
+            positions[r, at:at + n] = torch.arange(prefix, prefix + n)
+            segment[r, at:at + n] = k
+            at += n
+    if pack:
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        own_mask = (segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] >= 0) & causal
+        attention = torch.cat([torch.ones(len(rows), width, prefix, dtype=torch.bool), own_mask], dim=2)[:, None]
+    else:
+        attention = torch.cat([torch.ones(len(rows), prefix, dtype=torch.long), (segment >= 0).long()], dim=1)
     return {"prefix_ids": torch.as_tensor([list(examples[0][0][:prefix])], dtype=torch.long),
-            "input_ids": input_ids, "attention_mask": attention, "labels": labels}
+            "input_ids": input_ids, "position_ids": positions, "attention_mask": attention, "labels": labels}
