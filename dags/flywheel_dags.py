@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, TaskGroup, TriggerRule, dag, get_current_context, task, task_group
@@ -144,6 +145,7 @@ def build_flywheel_dag(profile: DagProfile, cfg: FlywheelConfig):
         for candidate in candidates:
             gpus = cfg.candidates[candidate].gpus
             with TaskGroup(group_id=f"candidate_{_slug(candidate)}") as group:
+                steps: dict = {}
 
                 @task_group(group_id="experiment")
                 def experiment(spec: dict):
@@ -159,8 +161,16 @@ def build_flywheel_dag(profile: DagProfile, cfg: FlywheelConfig):
                         **gpu_kwargs,  # backend settings, retries, time limit
                     )
                     run >> evaluate_experiment(job)
+                    steps["prepare"], steps["gpu_job"] = job.operator, run
 
                 experiment.expand(spec=plan_experiments.override(task_id="plan")(plan, datasets, candidate))
+                # The candidate's GPU jobs wait until all its experiments are prepared, then the
+                # pool takes them in the plan's order (map index: LoRA jobs first, the largest
+                # training set first), so the longest job never waits behind shorter ones that
+                # happened to be prepared a moment earlier. all_done: a failed prepare holds up
+                # only its own job. An EmptyOperator never occupies a worker.
+                prepared = EmptyOperator(task_id="prepared", trigger_rule=TriggerRule.ALL_DONE)
+                steps["prepare"] >> prepared >> steps["gpu_job"]
             experiment_groups.append(group)
 
         requests = publish_leaderboard(plan)

@@ -49,9 +49,10 @@ def plan_experiments(
 ) -> list[dict[str, Any]]:
     """One experiment per usable dataset x strategy for one candidate, in a stable order: the
     fine-tuning experiments first, the largest training set first (longest job first). The pool
-    hands its slots out in map-index order among equal priorities, and a LoRA job takes many times
-    as long as a zero-shot one: started last, the longest job would run alone at the end while the
-    other slots idle. Training time grows with the training set (``n_train``, from curation)."""
+    hands its slots out in map-index order among equal priorities (the DAG starts a candidate's GPU
+    jobs together, once all its experiments are prepared), and a LoRA job takes many times as long
+    as a zero-shot one: started last, the longest job would run alone at the end while the other
+    slots idle. Training time grows with the training set (``n_train``, from curation)."""
     usable = sorted((d for d in datasets if d and d.get("usable")), key=lambda d: d["workload_id"])
     specs = []
     for ds in usable:

@@ -104,6 +104,13 @@ def test_task_shape(dagbag, dag_id):
     assert dag.get_task("publish_leaderboard").trigger_rule == "all_done"
     for t in _task(dag, ".experiment.evaluate_experiment"):
         assert any(u.endswith(".experiment.gpu_job") for u in t.upstream_task_ids)
+    # A candidate's GPU jobs start together once all its experiments are prepared (the pool then
+    # takes them in the plan's order); a failed prepare holds up only its own job.
+    for t in _task(dag, ".prepared"):
+        group = t.task_id.removesuffix(".prepared")
+        assert not _is_mapped(t) and t.trigger_rule == "all_done"
+        assert t.upstream_task_ids == {f"{group}.experiment.prepare_experiment"}
+        assert t.downstream_task_ids == {f"{group}.experiment.gpu_job"}
 
 
 def test_review_dag_is_one_decision_per_run(dagbag):

@@ -2,7 +2,9 @@
 mapped group over workload x strategy: prepare -> GPU job -> evaluate -> leaderboard) with the GPU
 job replaced by a job of known duration that goes through the real operator (LocalGpuJobOperator),
 the real pool (`flywheel_gpu`) and its slots; every other task is a no-op. Its sizes come from
-BENCH_PARALLEL_CONFIG (written by bench/parallel/run.py).
+BENCH_PARALLEL_CONFIG (written by bench/parallel/run.py). The flywheel's `candidate_<c>.prepared`
+barrier (its GPU jobs start once all its experiments are prepared) is not copied here: these
+prepares are equal no-ops, and the results in docs/benchmarks.md were measured without it.
 
 - bench_flywheel: ours. Several runs at once (max_active_runs), GPU work bounded by the pool only.
 - bench_blueprint: the blueprint's way. One run at a time, and every GPU job takes the whole pool,
