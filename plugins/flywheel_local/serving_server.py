@@ -457,7 +457,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embedding-model", action="append", default=[],
                         help="NAME=PATH of a sentence-transformers model to serve at /v1/embeddings (repeat); "
                              f"default: {DEFAULT_EMBEDDING_NAME} from its package, when installed")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("FLYWHEEL_SERVING_THREADS", "1")))
+    # Every core by default: at a run's start the in-context example selection of all workloads
+    # embeds here (thousands of requests) while the GPU jobs wait for their experiments to be
+    # prepared; one thread left the other core idle (measured in a make demo run, 2026-12-01: the
+    # jobs started at 49 s with one thread, 39 s with two). The embedded stack sets
+    # OMP_WAIT_POLICY=PASSIVE, so idle threads sleep instead of spinning on shared cores.
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("FLYWHEEL_SERVING_THREADS", "0"))
+                        or len(os.sched_getaffinity(0)), help="torch threads (default: FLYWHEEL_SERVING_THREADS, "
+                        "else every core of this process)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
