@@ -263,9 +263,10 @@ def train_lora(model, chat: ChatFormat, train_items: Sequence[ChatItem], val_ite
     plain_head = _plain_head(model)
     loss_fn = answer_loss if plain_head else _full_loss
     packing = lora.packing and plain_head and packing_supported(model, pad_id, device)
-    share_prefix = lora.packing and plain_head and shared_prefix_supported(model, pad_id, device)
-    # Flash attention takes no 4-D mask (the check fails): its rows stay one example each.
-    pack_prefix = share_prefix and shared_prefix_supported(model, pad_id, device, pack=True)
+    # Packed rows after the prefix where the model takes a 4-D mask; flash attention does not (the
+    # check fails), so its rows stay one example each. A packed path that agrees needs no second check.
+    pack_prefix = lora.packing and plain_head and shared_prefix_supported(model, pad_id, device, pack=True)
+    share_prefix = pack_prefix or (lora.packing and plain_head and shared_prefix_supported(model, pad_id, device))
     attn = getattr(model.config, "_attn_implementation", None)
     # Flash attention's varlen kernel costs nothing per row: one row per micro-batch. sdpa / eager
     # attend over a whole row, so rows stay as long as the longest example.
