@@ -27,23 +27,30 @@ from flywheel_operators.devices import WARM_SOCKET_ENV, trainer_environment, vis
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 ADMIN_USER = "admin"
-# Slots of the flywheel_gpu pool on a machine without GPUs: two trainer processes at once, each on
-# its share of the cores (the local backend splits them), so two runs' jobs really overlap.
-CPU_ONLY_GPU_SLOTS = 2
-
-
 def detect_gpus() -> int:
     return len(visible_gpus())
 
 
+def cpu_only_gpu_slots(cores: int | None = None) -> int:
+    """Slots of the flywheel_gpu pool on a machine without GPUs: one trainer process per core, plus
+    one. Each job takes its share of the cores (at least one thread; the local backend splits them),
+    and a job's second thread gains far less than a second job (1.35-1.5x on the demo student), so
+    with one job more than cores, the cores stay shared by several jobs to the end of a run, instead
+    of the last LoRA job training alone on threads it barely uses. Measured on 2 cores (3 slots
+    against 2, alternating make demo runs, docs/benchmarks.md): the flywheel run 10% shorter."""
+    cores = cores or len(os.sched_getaffinity(0))
+    return max(1, cores) + 1
+
+
 def gpu_slots() -> int:
-    """Size of the flywheel_gpu pool: FLYWHEEL_GPU_SLOTS, else the number of GPUs, else 2 (CPU)."""
+    """Size of the flywheel_gpu pool: FLYWHEEL_GPU_SLOTS, else the number of GPUs, else the CPU
+    cores + 1 (:func:`cpu_only_gpu_slots`)."""
     raw = os.environ.get("FLYWHEEL_GPU_SLOTS", "").strip()
     if raw:
         if not raw.isdigit() or int(raw) < 1:
             raise ValueError(f"FLYWHEEL_GPU_SLOTS={raw!r}: give the number of GPUs (a whole number >= 1)")
         return int(raw)
-    return detect_gpus() or CPU_ONLY_GPU_SLOTS
+    return detect_gpus() or cpu_only_gpu_slots()
 
 
 @dataclass(frozen=True)

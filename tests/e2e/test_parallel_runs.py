@@ -1,6 +1,6 @@
 """End to end: several flywheel runs at once on the real scheduler, bounded by the GPU pool only.
 
-All at once, on the shared e2e stack (pool `flywheel_gpu` = 2 slots on this CPU machine):
+All at once, on the shared e2e stack (pool `flywheel_gpu` = 2 slots, set by the e2e stack):
 - `airflow backfill create --dag-id flywheel_daily` over a past week of logs (7 daily runs);
 - the Airflow UI's backfill form, through the REST endpoint it calls (`POST /api/v2/backfills`),
   for `flywheel_weekly` over the same week (1 run);

@@ -42,7 +42,8 @@ def test_gpu_pool_size(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
     assert stack.gpu_slots() == 4  # one slot per GPU
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert stack.gpu_slots() == stack.CPU_ONLY_GPU_SLOTS == 2  # CPU-only machine
+    assert stack.gpu_slots() == len(os.sched_getaffinity(0)) + 1  # CPU-only machine: a job per core, plus one
+    assert [stack.cpu_only_gpu_slots(c) for c in (1, 2, 16)] == [2, 3, 17]
     monkeypatch.setenv("FLYWHEEL_GPU_SLOTS", "8")
     assert stack.gpu_slots() == 8  # configuration wins
     for bad in ("0", "two", "-3"):
