@@ -27,19 +27,25 @@ from flywheel_operators.devices import WARM_SOCKET_ENV, trainer_environment, vis
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 ADMIN_USER = "admin"
+# Each pool slot is also an executor worker (parallelism = slots + 4): more CPU jobs than a run
+# has experiments gain nothing, while every worker process costs memory.
+MAX_CPU_ONLY_GPU_SLOTS = 8
+
+
 def detect_gpus() -> int:
     return len(visible_gpus())
 
 
 def cpu_only_gpu_slots(cores: int | None = None) -> int:
     """Slots of the flywheel_gpu pool on a machine without GPUs: one trainer process per core, plus
-    one. Each job takes its share of the cores (at least one thread; the local backend splits them),
-    and a job's second thread gains far less than a second job (1.35-1.5x on the demo student), so
-    with one job more than cores, the cores stay shared by several jobs to the end of a run, instead
-    of the last LoRA job training alone on threads it barely uses. Measured on 2 cores (3 slots
-    against 2, alternating make demo runs, docs/benchmarks.md): the flywheel run 10% shorter."""
+    one (at most MAX_CPU_ONLY_GPU_SLOTS). Each job takes its share of the cores (at least one
+    thread; the local backend splits them), and a job's second thread gains far less than a second
+    job (1.35-1.5x on the demo student), so with one job more than cores, the cores stay shared by
+    several jobs to the end of a run, instead of the last LoRA job training alone on threads it
+    barely uses. Measured on 2 cores, alternating make demo runs (docs/benchmarks.md): the flywheel
+    run took 403 s with 3 slots against 444 s with 2."""
     cores = cores or len(os.sched_getaffinity(0))
-    return max(1, cores) + 1
+    return min(max(1, cores) + 1, MAX_CPU_ONLY_GPU_SLOTS)
 
 
 def gpu_slots() -> int:
