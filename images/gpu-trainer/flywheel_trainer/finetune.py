@@ -262,11 +262,13 @@ def train_lora(model, chat: ChatFormat, train_items: Sequence[ChatItem], val_ite
 
     plain_head = _plain_head(model)
     loss_fn = answer_loss if plain_head else _full_loss
-    packing = lora.packing and plain_head and packing_supported(model, pad_id, device)
+    # Packing and the shared prefix compute the loss themselves: they need a plain LM head.
+    try_packing = lora.packing and plain_head
+    packing = try_packing and packing_supported(model, pad_id, device)
     # Packed rows after the prefix where the model takes a 4-D mask; flash attention does not (the
     # check fails), so its rows stay one example each. A packed path that agrees needs no second check.
-    pack_prefix = lora.packing and plain_head and shared_prefix_supported(model, pad_id, device, pack=True)
-    share_prefix = pack_prefix or (lora.packing and plain_head and shared_prefix_supported(model, pad_id, device))
+    pack_prefix = try_packing and shared_prefix_supported(model, pad_id, device, pack=True)
+    share_prefix = pack_prefix or (try_packing and shared_prefix_supported(model, pad_id, device))
     attn = getattr(model.config, "_attn_implementation", None)
     # Flash attention's varlen kernel costs nothing per row: one row per micro-batch. sdpa / eager
     # attend over a whole row, so rows stay as long as the longest example.
