@@ -492,18 +492,29 @@ def stop_airflow(paths: StackPaths, timeout: float = 30.0) -> list[str]:
     return [n for n, _ in stopped]
 
 
+# Answered once the API server is up, then once its execution API (the one task processes talk to)
+# is ready: that sub-application (Cadwyn) generates its versioned routes on its first request, about
+# 5 s of CPU on two cores. Asking here spends them while the stack starts, not in the first task of
+# the first run.
+API_READY_PATHS = ("/api/v2/monitor/health", "/execution/health")
+
+
 def wait_for_api(timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     last = ""
-    while time.monotonic() < deadline:
+    pending = list(API_READY_PATHS)
+    while pending and time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{api_url()}/api/v2/monitor/health", timeout=5) as resp:
+            with urllib.request.urlopen(f"{api_url()}{pending[0]}", timeout=30) as resp:
                 if resp.status == 200:
-                    return
+                    pending.pop(0)
+                    continue
         except (urllib.error.URLError, OSError) as exc:
             last = str(exc)
         time.sleep(1.0)
-    raise TimeoutError(f"Airflow API server did not answer at {api_url()} within {timeout:.0f}s ({last})")
+    if pending:
+        raise TimeoutError(f"Airflow API server did not answer {pending[0]} at {api_url()} within {timeout:.0f}s "
+                           f"({last})")
 
 
 # --- the local serving endpoint -------------------------------------------------------------------

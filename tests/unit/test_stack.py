@@ -120,3 +120,48 @@ def test_the_flywheel_role_reaches_only_its_own_database(tmp_path, monkeypatch):
         assert (paths.pgdata / "pg_hba.conf").stat().st_mode & 0o777 == 0o600
     finally:
         stack.stop_postgres(paths)
+
+
+def _api_stub(monkeypatch, execution_status: int):
+    """A local HTTP server in the API server's place; returns the list of paths it was asked."""
+    import http.server
+    import threading
+
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 — the stdlib's name
+            asked.append(self.path)
+            status = execution_status if self.path.startswith("/execution/") else 200
+            self.send_response(status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("FLYWHEEL_API_PORT", str(server.server_address[1]))
+    return server, asked
+
+
+def test_the_api_is_ready_once_its_execution_api_answered(monkeypatch):
+    # The execution API builds its routes on its first request: the stack makes that request itself.
+    server, asked = _api_stub(monkeypatch, 200)
+    try:
+        stack.wait_for_api(timeout=10)
+    finally:
+        server.shutdown()
+    assert asked == ["/api/v2/monitor/health", "/execution/health"]
+
+
+def test_an_execution_api_that_never_answers_is_a_timeout_naming_it(monkeypatch):
+    server, asked = _api_stub(monkeypatch, 503)
+    try:
+        with pytest.raises(TimeoutError, match="/execution/health"):
+            stack.wait_for_api(timeout=2.5)
+    finally:
+        server.shutdown()
+    assert asked[0] == "/api/v2/monitor/health" and set(asked[1:]) == {"/execution/health"} and len(asked) >= 2
