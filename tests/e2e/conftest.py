@@ -23,7 +23,7 @@ from flywheel_local import cli, stack
 from flywheel_local.rule_judge import MODEL_ID as JUDGE_MODEL
 from flywheel_local.rule_judge import RuleJudgeServer
 
-CANDIDATE = "tiny-lm-1.6m"
+CANDIDATE = "tiny-lm-0.6m"  # the on-demand DAG's student, as in `make demo`
 SMALL = "tiny-lm-0.6m"  # the smallest student: runs that only check scheduling use it
 BROKEN = "broken-lm"  # a candidate whose weights do not exist: every job of it must fail alone
 
@@ -94,7 +94,7 @@ def e2e_stack(tmp_path_factory):
         cli.build_models(paths)
         socket_dir, _ = cli.up(paths)
         # Three days of logs ending an hour ago: the on-demand window (7 days back) holds all of
-        # them, and tool_router gets ~550 training examples, what the 1.6M student needs. They are
+        # them, and tool_router gets ~550 training examples (the student needs hundreds). They are
         # written as a file in the blueprint's format and loaded with `flywheel logs import`.
         end = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
         cli.load_demo_logs(socket_dir, paths, end=end, n_records=1800, days=3)

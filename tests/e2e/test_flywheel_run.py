@@ -196,6 +196,7 @@ def test_full_flywheel_run(e2e_stack, tmp_path):
 
     # The student learns the routing task: LoRA measurably beats zero-shot.
     by = {(s["workload_id"], s["strategy"]): s["score"] for s in scores}
+    print(f"e2e scores ({CANDIDATE}): " + ", ".join(f"{w}/{st} {v:.3f}" for (w, st), v in sorted(by.items())))
     assert by[("tool_router", "lora")] >= by[("tool_router", "base")] + 0.3, by
 
     # Review: the run ended; each candidate up for review waits in its own flywheel_review run.
