@@ -23,7 +23,9 @@ from flywheel_local import cli, stack
 from flywheel_local.rule_judge import MODEL_ID as JUDGE_MODEL
 from flywheel_local.rule_judge import RuleJudgeServer
 
-CANDIDATE = "tiny-lm-0.6m"  # the on-demand DAG's student, as in `make demo`
+# The on-demand DAG's (first) candidate, the student `make demo` trains: read from the configuration,
+# so the e2e follows the demo when its candidate changes.
+CANDIDATE = yaml.safe_load(DEFAULT_CONFIG.read_text())["dags"]["flywheel_on_demand"]["candidates"][0]
 SMALL = "tiny-lm-0.6m"  # the smallest student: runs that only check scheduling use it
 BROKEN = "broken-lm"  # a candidate whose weights do not exist: every job of it must fail alone
 
