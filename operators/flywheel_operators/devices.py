@@ -14,6 +14,7 @@ from pathlib import Path
 # nothing of this package).
 CPU_SHARE_DIR_ENV = "FLYWHEEL_CPU_SHARE_DIR"
 CPU_SHARE_CORES_ENV = "FLYWHEEL_CPU_SHARE_CORES"
+CPU_SHARE_FILE_ENV = "FLYWHEEL_CPU_SHARE_FILE"  # this job's own registration in that folder
 # A warm trainer server's socket (flywheel_trainer.warm; the embedded stack starts one on a machine
 # without GPUs): CPU jobs are forked from it instead of starting a fresh interpreter. Set empty: off.
 WARM_SOCKET_ENV = "FLYWHEEL_TRAINER_WARM_SOCKET"
@@ -47,15 +48,19 @@ def cpu_threads_env(slots: int | None = None) -> dict[str, str]:
 def cpu_share(directory: Path) -> Iterator[dict[str, str]]:
     """Register a running CPU job for as long as the block lasts (a file locked by this process):
     the trainer counts the jobs registered in ``directory`` and takes ``cores // jobs`` threads,
-    following them as they start and end. Yields the trainer's environment for it."""
+    following them as they start and end, and publishes its remaining work next to its own file
+    (``<file>.work``) so that the jobs share the cores in proportion to it. Yields the trainer's
+    environment for it."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"job-{os.getpid()}-{uuid.uuid4().hex[:8]}.lock"
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield {CPU_SHARE_DIR_ENV: str(directory), CPU_SHARE_CORES_ENV: str(len(os.sched_getaffinity(0)))}
+            yield {CPU_SHARE_DIR_ENV: str(directory), CPU_SHARE_CORES_ENV: str(len(os.sched_getaffinity(0))),
+                   CPU_SHARE_FILE_ENV: str(path)}
         finally:
             path.unlink(missing_ok=True)
+            path.with_name(path.name + ".work").unlink(missing_ok=True)
 
 
 # What the trainer process inherits from the worker, nothing else: no Airflow configuration, JWT
@@ -66,7 +71,7 @@ TRAINER_ENV_ALLOWLIST = (
     "PYTHONPATH", "LD_LIBRARY_PATH", "CUDA_HOME", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE",
     "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM",
     "XDG_CACHE_HOME", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS",
-    CPU_SHARE_DIR_ENV, CPU_SHARE_CORES_ENV,
+    CPU_SHARE_DIR_ENV, CPU_SHARE_CORES_ENV, CPU_SHARE_FILE_ENV,
 )
 
 

@@ -38,14 +38,17 @@ def detect_gpus() -> int:
 
 def cpu_only_gpu_slots(cores: int | None = None) -> int:
     """Slots of the flywheel_gpu pool on a machine without GPUs: one trainer process per core, plus
-    one (at most MAX_CPU_ONLY_GPU_SLOTS). Each job takes its share of the cores (at least one
+    two (at most MAX_CPU_ONLY_GPU_SLOTS). Each job takes its share of the cores (at least one
     thread; the local backend splits them), and a job's second thread gains far less than a second
-    job (1.35-1.5x on the demo student), so with one job more than cores, the cores stay shared by
-    several jobs to the end of a run, instead of the last LoRA job training alone on threads it
-    barely uses. Measured on 2 cores, alternating make demo runs (docs/benchmarks.md): the flywheel
-    run took 403 s with 3 slots against 444 s with 2."""
+    job (1.35-1.5x on the demo student), so with more jobs than cores the cores stay shared by
+    several jobs to the end of a run. The training jobs among them share the contended cores in
+    proportion to the work each has left (flywheel_trainer.device.CpuShare) and so end together;
+    the second extra slot lets the short evaluation-only jobs (zero-shot, in-context) run beside
+    them instead of waiting for one to end. Measured on 2 cores, make demo runs side by side
+    (docs/benchmarks.md): 403 s with 3 slots against 444 s with 2 (equal shares), then 265-281 s
+    with 4 slots and shares by the work left against 297-302 s with equal shares (3 or 4 slots)."""
     cores = cores or len(os.sched_getaffinity(0))
-    return min(max(1, cores) + 1, MAX_CPU_ONLY_GPU_SLOTS)
+    return min(max(1, cores) + 2, MAX_CPU_ONLY_GPU_SLOTS)
 
 
 def gpu_slots() -> int:

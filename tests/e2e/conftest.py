@@ -86,7 +86,7 @@ def e2e_stack(tmp_path_factory):
         # The student models are a cache shared with `make demo` (built once, ~1 minute).
         "FLYWHEEL_MODELS_DIR": str(PROJECT_ROOT / ".flywheel" / "models"),
         "FLYWHEEL_TRAINING_PROFILE": "cpu-demo",
-        # Two slots, whatever the machine's cores (the CPU default is cores + 1): the parallel-runs
+        # Two slots, whatever the machine's cores (the CPU default is cores + 2): the parallel-runs
         # test checks that the pool is filled and never exceeded.
         "FLYWHEEL_GPU_SLOTS": "2",
     })

@@ -178,3 +178,64 @@ def test_cpu_share_follows_the_running_jobs(tmp_path):
         for fh in held:
             fh.close()
         torch.set_num_threads(before)
+
+
+def test_relative_nice_gives_cpu_weight_in_proportion_to_the_work_left():
+    from flywheel_trainer.device import MAX_NICE, relative_nice
+
+    assert relative_nice(100, 100) == 0 and relative_nice(150, 100) == 0  # the most work left: nice 0
+    assert relative_nice(80, 100) == 1  # 1.25x less weight per nice level
+    assert relative_nice(50, 100) == 3  # 1.25 ** 3 = 1.95
+    assert relative_nice(1, 100) == MAX_NICE and relative_nice(0, 100) == MAX_NICE  # capped: it still ends
+    assert relative_nice(0, 0) == 0
+
+
+# Renicing is for good (an unprivileged process cannot raise its priority again): in a child process.
+_NICE_CHILD = r"""
+import fcntl, json, os, sys
+from pathlib import Path
+from flywheel_trainer.device import CpuShare
+d = Path(sys.argv[1])
+cpu = [0.0]
+share = CpuShare(d, 2, own=d / "me.lock", every_seconds=0, min_cpu_seconds=5, cpu_seconds=lambda: cpu[0])
+out = []
+def step(done, total=100):
+    share.adjust(progress=(done, total))
+    work = d / "me.lock.work"
+    out.append([os.getpriority(os.PRIO_PROCESS, 0), share.nice,
+                json.loads(work.read_text())["remaining_cpu_seconds"] if work.exists() else None])
+step(0)                # the first call only notes where the job starts
+cpu[0] = 2.0; step(2)  # 2 CPU-seconds measured: too little to estimate
+cpu[0] = 50.0; step(50)  # 1 CPU-second a step, 50 steps left: 50 s against the big job's 100 s
+(d / "big.lock.work").write_text(json.dumps({"remaining_cpu_seconds": 20}))
+cpu[0] = 60.0; step(60)  # now the most work left: nice 0 wanted, but priority is never raised again
+print(json.dumps(out))
+"""
+
+
+def test_training_jobs_share_contended_cores_by_the_work_left(tmp_path):
+    import fcntl
+    import json
+    import os
+    import subprocess
+    import sys
+
+    held = []
+    for name in ("me", "big", "eval"):  # three running jobs on two cores
+        fh = open(tmp_path / f"{name}.lock", "w")
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        held.append(fh)
+    (tmp_path / "big.lock.work").write_text(json.dumps({"remaining_cpu_seconds": 100}))
+    (tmp_path / "eval.lock.work").write_text("not json")  # unreadable: ignored
+    try:
+        r = subprocess.run([sys.executable, "-c", _NICE_CHILD, str(tmp_path)], capture_output=True, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+        assert r.returncode == 0, r.stderr
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        steps = json.loads(r.stdout.strip().splitlines()[-1])
+    finally:
+        for fh in held:
+            fh.close()
+    assert steps[0] == [base, 0, None] and steps[1] == [base, 0, None]  # no estimate yet, no work published
+    assert steps[2] == [base + 3, 3, 50.0]  # half the big job's work left: nice 3, every thread
+    assert steps[3] == [base + 3, 3, 40.0]  # kept: never raised again; its estimate still published

@@ -135,8 +135,11 @@ def test_cpu_jobs_share_the_cores_and_follow_each_other(tmp_path, monkeypatch):
         "import json, os, sys; from pathlib import Path; from flywheel_trainer.device import CpuShare; "
         "share = CpuShare.from_env(); out = Path(json.load(open(sys.argv[-1]))['output_uri'][len('file://'):]); "
         "out.mkdir(parents=True, exist_ok=True); (out / 'predictions.jsonl').write_text(''); "
+        "share.adjust(force=True, progress=(0, 10)); share._cpu = lambda: 1e6; "  # a training job's estimate
+        "threads = share.adjust(force=True, progress=(5, 10)); "
         "(out / 'metrics.json').write_text(json.dumps({'running': share.running(), 'cores': share.cores, "
-        "'threads': share.adjust(force=True)}))"
+        "'threads': threads, 'own_held': share.own in share.held(), "
+        "'work': json.loads(share.own.with_name(share.own.name + '.work').read_text())}))"
     )
     share_dir = tmp_path / "locks" / "cpu-jobs"
     share_dir.mkdir(parents=True)
@@ -145,7 +148,8 @@ def test_cpu_jobs_share_the_cores_and_follow_each_other(tmp_path, monkeypatch):
     cores = len(os.sched_getaffinity(0))
     alone = op.run_job(_job(output))
     assert alone["running"] == 1 and alone["cores"] == cores and alone["threads"] == cores
-    assert [p.name for p in share_dir.iterdir()] == ["job-crashed.lock"]  # its own file went with it
+    assert alone["own_held"] is True and alone["work"]["remaining_cpu_seconds"] > 0  # it knows its own file
+    assert [p.name for p in share_dir.iterdir()] == ["job-crashed.lock"]  # its files went with it
 
     from flywheel_operators.devices import cpu_share
 

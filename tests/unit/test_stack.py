@@ -42,9 +42,9 @@ def test_gpu_pool_size(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
     assert stack.gpu_slots() == 4  # one slot per GPU
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    # CPU-only machine: a job per core, plus one, at most 8
-    assert stack.gpu_slots() == min(len(os.sched_getaffinity(0)) + 1, 8)
-    assert [stack.cpu_only_gpu_slots(c) for c in (1, 2, 4, 16)] == [2, 3, 5, 8]
+    # CPU-only machine: a job per core, plus two, at most 8
+    assert stack.gpu_slots() == min(len(os.sched_getaffinity(0)) + 2, 8)
+    assert [stack.cpu_only_gpu_slots(c) for c in (1, 2, 4, 16)] == [3, 4, 6, 8]
     monkeypatch.setenv("FLYWHEEL_GPU_SLOTS", "8")
     assert stack.gpu_slots() == 8  # configuration wins
     for bad in ("0", "two", "-3"):

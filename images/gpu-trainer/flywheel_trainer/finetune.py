@@ -330,8 +330,8 @@ def train_lora(model, chat: ChatFormat, train_items: Sequence[ChatItem], val_ite
             _publish_checkpoint(output, state.global_step)
 
         def on_step_begin(self, args, state, control, **kwargs):
-            if share is not None:  # CPU: follow the other jobs starting and ending
-                share.adjust()
+            if share is not None:  # CPU: follow the other jobs starting and ending, say the work left
+                share.adjust(progress=(state.global_step, total_steps))
 
     tokens_seen = [0]
 
