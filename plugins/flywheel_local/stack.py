@@ -53,7 +53,7 @@ def cpu_only_gpu_slots(cores: int | None = None) -> int:
 
 def gpu_slots() -> int:
     """Size of the flywheel_gpu pool: FLYWHEEL_GPU_SLOTS, else the number of GPUs, else the CPU
-    cores + 1 (:func:`cpu_only_gpu_slots`)."""
+    cores + 2 (:func:`cpu_only_gpu_slots`)."""
     raw = os.environ.get("FLYWHEEL_GPU_SLOTS", "").strip()
     if raw:
         if not raw.isdigit() or int(raw) < 1:
