@@ -15,6 +15,7 @@ from pathlib import Path
 CPU_SHARE_DIR_ENV = "FLYWHEEL_CPU_SHARE_DIR"
 CPU_SHARE_CORES_ENV = "FLYWHEEL_CPU_SHARE_CORES"
 CPU_SHARE_FILE_ENV = "FLYWHEEL_CPU_SHARE_FILE"  # this job's own registration in that folder
+CPU_SHARE_WORK_SUFFIX = ".work"  # beside a registration: the work its job has left (WORK_SUFFIX there)
 # A warm trainer server's socket (flywheel_trainer.warm; the embedded stack starts one on a machine
 # without GPUs): CPU jobs are forked from it instead of starting a fresh interpreter. Set empty: off.
 WARM_SOCKET_ENV = "FLYWHEEL_TRAINER_WARM_SOCKET"
@@ -60,7 +61,7 @@ def cpu_share(directory: Path) -> Iterator[dict[str, str]]:
                    CPU_SHARE_FILE_ENV: str(path)}
         finally:
             path.unlink(missing_ok=True)
-            path.with_name(path.name + ".work").unlink(missing_ok=True)
+            path.with_name(path.name + CPU_SHARE_WORK_SUFFIX).unlink(missing_ok=True)
 
 
 # What the trainer process inherits from the worker, nothing else: no Airflow configuration, JWT

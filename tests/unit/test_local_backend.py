@@ -132,14 +132,14 @@ def test_cpu_jobs_share_the_cores_and_follow_each_other(tmp_path, monkeypatch):
     output = object_storage.experiment_uri("d/r", "w|c|base")
     # The "trainer": reports what it sees through the job's metrics.
     script = (
-        "import json, os, sys; from pathlib import Path; from flywheel_trainer.device import CpuShare; "
+        "import json, os, sys; from pathlib import Path; from flywheel_trainer.device import CpuShare, work_file; "
         "share = CpuShare.from_env(); out = Path(json.load(open(sys.argv[-1]))['output_uri'][len('file://'):]); "
         "out.mkdir(parents=True, exist_ok=True); (out / 'predictions.jsonl').write_text(''); "
         "share.adjust(force=True, progress=(0, 10)); share._cpu = lambda: 1e6; "  # a training job's estimate
         "threads = share.adjust(force=True, progress=(5, 10)); "
         "(out / 'metrics.json').write_text(json.dumps({'running': share.running(), 'cores': share.cores, "
         "'threads': threads, 'own_held': share.own in share.held(), "
-        "'work': json.loads(share.own.with_name(share.own.name + '.work').read_text())}))"
+        "'work': json.loads(work_file(share.own).read_text())}))"
     )
     share_dir = tmp_path / "locks" / "cpu-jobs"
     share_dir.mkdir(parents=True)

@@ -57,7 +57,12 @@ def relative_nice(mine: float, largest: float) -> int:
         return 0
     if mine <= 0:
         return MAX_NICE
-    return min(MAX_NICE, max(0, round(math.log(largest / mine) / math.log(NICE_STEP))))
+    return min(MAX_NICE, round(math.log(largest / mine) / math.log(NICE_STEP)))
+
+
+def work_file(registration: Path) -> Path:
+    """Where the job registered as ``registration`` says how much work it has left."""
+    return registration.with_name(registration.name + WORK_SUFFIX)
 
 
 def _process_cpu_seconds() -> float:
@@ -113,7 +118,6 @@ class CpuShare:
         self.own, self.min_cpu, self._cpu = own, min_cpu_seconds, cpu_seconds
         self.threads: int | None = None
         self.nice = 0
-        self.remaining: float | None = None  # this job's estimate, CPU-seconds
         self._checked = 0.0
         self._start: tuple[int, float] | None = None  # (step, CPU-seconds) when progress was first given
 
@@ -158,7 +162,7 @@ class CpuShare:
     def _publish(self, remaining: float) -> None:
         if self.own is None:
             return
-        work = self.own.with_name(self.own.name + WORK_SUFFIX)
+        work = work_file(self.own)
         tmp = work.with_name(work.name + ".tmp")
         try:
             tmp.write_text(json.dumps({"remaining_cpu_seconds": round(remaining, 3)}))
@@ -172,7 +176,7 @@ class CpuShare:
             if self.own is not None and path == self.own:
                 continue
             try:
-                value = json.loads(path.with_name(path.name + WORK_SUFFIX).read_text())["remaining_cpu_seconds"]
+                value = json.loads(work_file(path).read_text())["remaining_cpu_seconds"]
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # a job that has not estimated yet (or never will: evaluation only)
             if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0:
@@ -195,7 +199,6 @@ class CpuShare:
             self.threads = threads
         remaining = self._estimate(progress) if progress is not None else None
         if remaining is not None:
-            self.remaining = remaining
             self._publish(remaining)
             if len(running) > self.cores:  # the cores are contended: share them by the work left
                 largest = max([remaining, *self._others_remaining(running)])
